@@ -1,0 +1,1 @@
+"""All I/O: PostgreSQL, Kubernetes, Prometheus. Adapters read facts and apply what they are given."""

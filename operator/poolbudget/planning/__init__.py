@@ -1,0 +1,1 @@
+"""The allocation: pure functions, no kopf, no I/O, no clock."""

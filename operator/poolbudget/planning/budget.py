@@ -1,0 +1,165 @@
+"""One budget's plan from the objects that name it: the single entry point the CLI and the operator share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from poolbudget.api.models import PoolBudget
+from poolbudget.api.workloads import (
+    AnnotationError,
+    Container,
+    Deployment,
+    HorizontalPodAutoscaler,
+    OptIn,
+    parse_opt_in,
+)
+from poolbudget.planning.limits import DatabaseLimits, compute_available
+from poolbudget.planning.plan import BudgetPlan, Workload, plan_budget
+from poolbudget.planning.sizing import peak_pods, processes_from_env
+from poolbudget.profiles import Profile, ProfileError, resolve_profile
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A Deployment that named this budget but cannot be managed by it, and why (a Warning event)."""
+
+    namespace: str
+    name: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Managed:
+    """An opted-in Deployment the plan covers: what it is, which profile and containers carry its pools."""
+
+    deployment: Deployment
+    opt_in: OptIn
+    profile: Profile
+    containers: tuple[Container, ...]
+    workload: Workload
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetOutcome:
+    """The plan for one budget, the Deployments it manages, and those it refused."""
+
+    plan: BudgetPlan
+    managed: dict[Key, Managed] = field(default_factory=dict)
+    refused: tuple[Refusal, ...] = ()
+
+
+def namespace_allowed(budget: PoolBudget, namespace_labels: Mapping[str, str]) -> bool:
+    selector = budget.spec.namespace_selector
+    return selector is None or selector.matches(dict(namespace_labels))
+
+
+def _processes(opt_in: OptIn, containers: Iterable[Container]) -> tuple[int, str]:
+    counts: list[tuple[int, str]] = []
+    for container in containers:
+        if opt_in.processes is not None:
+            counts.append((opt_in.processes, "annotation poolbudget.io/processes"))
+        else:
+            counts.append(processes_from_env(container.literal_env()) or (1, "default"))
+    total = sum(n for n, _ in counts)
+    if len(counts) == 1:
+        return total, counts[0][1]
+    return total, " + ".join(
+        f"{n} in {c.name} ({why})" for (n, why), c in zip(counts, containers, strict=True)
+    )
+
+
+def _select_containers(deployment: Deployment, opt_in: OptIn) -> tuple[Container, ...]:
+    containers = deployment.spec.template.spec.containers
+    if not opt_in.containers:
+        return (containers[0],)
+    by_name = {c.name: c for c in containers}
+    missing = [name for name in opt_in.containers if name not in by_name]
+    if missing:
+        raise AnnotationError(
+            f"annotation poolbudget.io/container names {', '.join(missing)}, "
+            f"not in the pod template (containers: {', '.join(by_name)})"
+        )
+    return tuple(by_name[name] for name in opt_in.containers)
+
+
+def manage(
+    budget: PoolBudget,
+    deployment: Deployment,
+    hpas: Iterable[HorizontalPodAutoscaler] = (),
+    demand_per_process: int | None = None,
+) -> Managed:
+    """How the planner sees one opted-in Deployment; AnnotationError or ProfileError when it cannot."""
+    spec = budget.spec
+    opt_in = parse_opt_in(deployment.metadata.annotations)
+    profile = resolve_profile(opt_in.profile or spec.defaults.profile, spec.profiles)
+    containers = _select_containers(deployment, opt_in)
+    hpa = next((h for h in hpas if h.targets(deployment)), None)
+    hpa_replicas = None
+    if hpa is not None:
+        current = (hpa.status.current_replicas if hpa.status else None) or deployment.spec.replicas
+        hpa_replicas = hpa.spec.max_replicas if spec.sizing.hpa == "maxReplicas" else current
+    pods, pods_reason = peak_pods(
+        deployment.spec.replicas,
+        deployment.spec.strategy.type,
+        deployment.max_surge,
+        hpa_replicas,
+        spec.sizing.count_surge,
+    )
+    processes, processes_reason = _processes(opt_in, containers)
+    minimum = opt_in.min_connections or spec.defaults.min_connections_per_process
+    maximum = max(minimum, opt_in.max_connections or spec.defaults.max_connections_per_process)
+    workload = Workload(
+        namespace=deployment.metadata.namespace,
+        name=deployment.metadata.name,
+        profile=profile.name,
+        pods=pods,
+        processes_per_pod=processes,
+        pools_per_process=profile.pools_per_process,
+        min_per_process=minimum,
+        max_per_process=maximum,
+        weight=opt_in.weight or spec.defaults.weight,
+        has_overflow=profile.has_overflow,
+        overflow_ratio=spec.defaults.overflow_ratio,
+        demand_per_process=demand_per_process,
+        pods_reason=pods_reason,
+        processes_reason=processes_reason,
+    )
+    return Managed(deployment, opt_in, profile, containers, workload)
+
+
+def plan_for_budget(
+    budget: PoolBudget,
+    limits: DatabaseLimits,
+    deployments: Iterable[Deployment],
+    hpas: Iterable[HorizontalPodAutoscaler] = (),
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+    demand: Mapping[Key, int] | None = None,
+    unmanaged: int = 0,
+) -> BudgetOutcome:
+    """Plan one budget over the Deployments that name it.
+
+    ``namespace_labels`` maps namespace names to their labels; a namespace missing from it has only the label
+    Kubernetes gives every namespace (``kubernetes.io/metadata.name``). Deployments that cannot be managed
+    (bad annotations, unknown profile, namespace not selected) are refused and left out of the plan.
+    """
+    hpas = list(hpas)
+    managed: dict[Key, Managed] = {}
+    refused: list[Refusal] = []
+    for deployment in deployments:
+        ns, name = deployment.key
+        labels = (namespace_labels or {}).get(ns, {"kubernetes.io/metadata.name": ns})
+        if not namespace_allowed(budget, labels):
+            refused.append(
+                Refusal(ns, name, f"namespace {ns!r} is not selected by PoolBudget {budget.name!r}")
+            )
+            continue
+        try:
+            managed[deployment.key] = manage(budget, deployment, hpas, (demand or {}).get(deployment.key))
+        except (AnnotationError, ProfileError) as exc:
+            refused.append(Refusal(ns, name, str(exc)))
+    availability = compute_available(limits, budget.spec.reserved, unmanaged)
+    plan = plan_budget(budget.name, availability, (m.workload for m in managed.values()))
+    return BudgetOutcome(plan, managed, tuple(refused))

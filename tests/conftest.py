@@ -1,0 +1,1 @@
+"""Shared fixtures. The real-server fixtures live in their own modules and are registered here."""
