@@ -14,7 +14,6 @@ import subprocess
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +86,10 @@ class Helm:
         return self.run("template", release, str(chart), "--namespace", "poolbudget-system", *args).stdout
 
 
-@pytest.fixture(scope="session")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
-    """A `Helm` with its own HELM_*_HOME directories (no network, no user config)."""
-    yield Helm(find_helm(), tmp_path_factory.mktemp("helm-home"))
+@pytest.fixture(scope="session", name="helm")
+def helm_fixture(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """The `helm` fixture: a `Helm` with its own HELM_*_HOME directories (no network, no user config).
+
+    Use it with ``from tests.helm import helm_fixture  # noqa: F401`` and a parameter named ``helm``.
+    """
+    return Helm(find_helm(), tmp_path_factory.mktemp("helm-home"))

@@ -1,0 +1,39 @@
+"""Helpers for the chart tests: rendering to objects, finding them, validating them offline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+# The Kubernetes minor versions the chart is validated against (kubernetes-validate ships 1.25 to 1.37).
+KUBERNETES_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33", "1.34", "1.35"]
+
+# Kinds whose schema kubernetes-validate does not have (custom resources); checked by their own tests.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering"}
+
+
+def objects(rendered: str) -> list[dict[str, Any]]:
+    """The objects in `helm template` output, empty documents dropped."""
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def find(rendered: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
+    """The one object of this kind (whose name ends with ``name_suffix``)."""
+    found = [o for o in rendered if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, (
+        f"expected one {kind} *{name_suffix}, found {[o['metadata']['name'] for o in found]}"
+    )
+    return found[0]
+
+
+def validate_strict(obj: dict[str, Any], version: str) -> None:
+    """Validate one built-in object against Kubernetes' own schema, unknown fields being errors."""
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        raise AssertionError(
+            f"{obj['kind']} {obj['metadata']['name']} is invalid for Kubernetes {version}: {exc.message} "
+            f"at {'/'.join(str(p) for p in exc.path)}"
+        ) from None
