@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# The poolbudget operator image. Build: docker build -t ghcr.io/poolbudget/poolbudget:0.1.0 .
+# Python 3.11 on Debian bookworm, the same as the machines the tests run on.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# --- build: a virtualenv with the pinned dependencies and the operator; pip stays in this stage.
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/poolbudget
+WORKDIR /src
+# Dependencies first, from the lock only: this layer is rebuilt only when the pins change.
+COPY requirements.lock ./
+RUN /opt/poolbudget/bin/pip install --only-binary=:all: --no-deps -r requirements.lock
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+RUN /opt/poolbudget/bin/pip install --no-deps . \
+ && /opt/poolbudget/bin/pip uninstall --yes pip \
+ && /opt/poolbudget/bin/python -m compileall -q /opt/poolbudget
+
+# --- runtime: the virtualenv, a non-root user, nothing else.
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="poolbudget" \
+      org.opencontainers.image.description="Keeps the sum of every app's PostgreSQL connection pools within the database's limit" \
+      org.opencontainers.image.source="https://github.com/poolbudget/poolbudget" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# The base image's pip and setuptools are not needed to run: remove them with the build tools they bring.
+RUN python -m pip uninstall --yes pip setuptools wheel \
+ && groupadd --system --gid 10001 poolbudget \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin poolbudget
+COPY --from=build /opt/poolbudget /opt/poolbudget
+ENV PATH=/opt/poolbudget/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# Numeric, so that runAsNonRoot can verify it without resolving names.
+USER 10001:10001
+# 8080: kopf's liveness endpoint (/healthz); 9090: Prometheus metrics (/metrics).
+EXPOSE 8080 9090
+ENTRYPOINT ["poolbudget", "run"]

@@ -1,0 +1,162 @@
+"""The Dockerfile, which cannot be built here: its structure, its pins, and its entrypoint, run for real."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.lockfile import LOCK, installed_closure, read_lock, runtime_requirements
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO / "Dockerfile"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[Instruction]
+
+    def all(self, keyword: str) -> list[str]:
+        return [i.arguments for i in self.instructions if i.keyword == keyword]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages, with continuation lines joined and comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        logical.append(pending + stripped)
+        pending = ""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest.strip(), re.IGNORECASE)
+            assert match, f"cannot read FROM {rest}"
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], match[1])
+            stages.append(Stage(base, match[2], []))
+        elif not stages and keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip()
+        else:
+            stages[-1].instructions.append(Instruction(keyword, rest.strip()))
+    return args, stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    return parse_dockerfile(DOCKERFILE.read_text())[1]
+
+
+def entrypoint(stages: list[Stage]) -> list[str]:
+    """The final stage's exec-form ENTRYPOINT."""
+    (raw,) = stages[-1].all("ENTRYPOINT")
+    command = json.loads(raw)
+    assert isinstance(command, list), "ENTRYPOINT must be in exec form (a JSON list)"
+    return [str(part) for part in command]
+
+
+def test_multi_stage_on_slim_python_3_11(stages: list[Stage]) -> None:
+    assert len(stages) >= 2
+    for stage in stages:
+        assert re.fullmatch(r"python:3\.11\.\d+-slim(-bookworm)?(@sha256:[0-9a-f]{64})?", stage.base), (
+            stage.base
+        )
+    assert stages[0].name, "the build stage is named, so the final stage can copy from it"
+
+
+def test_final_stage_runs_as_numeric_non_root_user(stages: list[Stage]) -> None:
+    users = stages[-1].all("USER")
+    assert users, "the final stage sets USER"
+    user, _, group = users[-1].partition(":")
+    assert user.isdigit(), "a numeric uid lets runAsNonRoot verify it"
+    assert int(user) != 0
+    assert not group or int(group) != 0
+
+
+def test_chart_runs_as_the_images_user(stages: list[Stage]) -> None:
+    import yaml
+
+    values = yaml.safe_load((REPO / "helm" / "poolbudget" / "values.yaml").read_text())
+    uid = int(stages[-1].all("USER")[-1].partition(":")[0])
+    assert values["podSecurityContext"]["runAsUser"] == uid
+
+
+def test_final_stage_has_no_build_tools(stages: list[Stage]) -> None:
+    final = " ".join(stages[-1].all("RUN"))
+    for tool in ("apt-get install", "apk add", "gcc", "build-essential", "pip install"):
+        assert tool not in final, f"the final stage runs {tool!r}"
+    copies = stages[-1].all("COPY")
+    assert copies, "the final stage copies the built virtualenv"
+    assert all(c.startswith(f"--from={stages[0].name}") for c in copies), "only built artifacts are copied"
+
+
+def test_dependencies_come_from_the_lock_only(stages: list[Stage]) -> None:
+    installs = [r for r in stages[0].all("RUN") if "pip install" in r]
+    assert any("-r requirements.lock" in r and "--no-deps" in r for r in installs)
+    for command in installs:
+        assert "--no-deps" in command, (
+            f"every pip install is --no-deps, so nothing unpinned sneaks in: {command}"
+        )
+
+
+def test_lock_pins_exactly_the_runtime_closure() -> None:
+    pins = read_lock(LOCK.read_text())
+    closure = installed_closure()
+    assert sorted(pins) == sorted(closure), "regenerate: python -m tests.lockfile > requirements.lock"
+
+
+def test_lock_satisfies_pyproject() -> None:
+    pins = read_lock(LOCK.read_text())
+    for requirement in runtime_requirements():
+        version = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version, prereleases=True), f"{requirement} vs {version}"
+
+
+def test_lock_has_no_dev_dependencies() -> None:
+    pins = read_lock(LOCK.read_text())
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    runtime = set(installed_closure())
+    for raw in dev:
+        name = canonicalize_name(Requirement(raw).name)
+        if name not in runtime:
+            assert name not in pins, f"{name} is a dev dependency"
+
+
+def test_dockerignore_sends_only_what_the_build_copies(stages: list[Stage]) -> None:
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore, "everything is excluded by default"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copied = {
+        part.rstrip("/")
+        for c in stages[0].all("COPY")
+        if not c.startswith("--from")
+        for part in c.split()[:-1]
+    }
+    assert copied <= allowed
+
+
+def test_entrypoint_is_the_operator(stages: list[Stage]) -> None:
+    assert entrypoint(stages) == ["poolbudget", "run"]
