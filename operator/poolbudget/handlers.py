@@ -1,0 +1,244 @@
+"""kopf wiring, and nothing else: settings, indexes, wake-ups, one daemon per PoolBudget, its deletion, probes.
+
+No decisions here: the indexes keep plain facts, the event handlers only wake the loops of the budgets concerned,
+and every round is :func:`poolbudget.reconcile.reconcile_budget`. Deployments, HPAs, pods and namespaces are only
+observed (indexes and ``on.event``): kopf keeps no progress, diff-base or finalizer on them, so users' objects
+carry nothing from kopf.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from poolbudget import reconcile
+from poolbudget.adapters.kubernetes import KubernetesError
+from poolbudget.api.models import GROUP, PLURAL, VERSION
+from poolbudget.api.workloads import budget_of
+from poolbudget.delivery.envpatch import MANAGED_BY, managed_by
+from poolbudget.observe import PodFacts, pod_facts
+from poolbudget.runner import Runtime
+
+logger = logging.getLogger(__name__)
+
+FINALIZER = "poolbudget.io/finalizer"
+PEERING_NAME = "poolbudget"
+WATCH_SERVER_TIMEOUT = 300  # seconds a watch stays open before the server is asked for a fresh one
+WATCH_CLIENT_TIMEOUT = 330
+REQUEST_TIMEOUT = 30
+CONNECT_TIMEOUT = 10
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo.poolbudget
+    return runtime
+
+
+def _plain(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A kopf body as a plain dict (without managedFields, which nobody here reads)."""
+    out = {key: value for key, value in obj.items()}
+    metadata = dict(out.get("metadata") or {})
+    metadata.pop("managedFields", None)
+    out["metadata"] = metadata
+    return out
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Timeouts, storages that leave users' objects alone, events at WARNING+ only, peering."""
+    runtime = _runtime(memo)
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+    settings.watching.connect_timeout = CONNECT_TIMEOUT
+    settings.networking.request_timeout = REQUEST_TIMEOUT
+    settings.networking.connect_timeout = CONNECT_TIMEOUT
+    # Only PoolBudgets have changing handlers (on.delete) and daemons, so only they get kopf's marks; keep them
+    # under poolbudget.io, in annotations (the CRD's status schema would prune kopf's status fields).
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="poolbudget.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="poolbudget.io", key="last-handled-configuration"
+    )
+    # kopf turns its log lines into Events; only problems are worth one. Our own events are posted explicitly.
+    settings.posting.level = logging.WARNING
+    settings.peering.name = PEERING_NAME
+    settings.peering.clusterwide = True  # one peering for all replicas, whatever namespaces they serve
+    settings.peering.standalone = runtime.standalone
+    settings.peering.mandatory = not runtime.standalone
+    settings.peering.priority = runtime.priority
+    settings.peering.stealth = True
+    if not runtime.standalone and not await runtime.cluster.ensure_peering(PEERING_NAME):
+        logger.warning(
+            "ClusterKopfPeering %r is missing and could not be created: the operator stays paused until it exists "
+            "(kubectl apply -f crds/kopf-peering.yaml, or run with --standalone)",
+            PEERING_NAME,
+        )
+
+
+@kopf.on.cleanup()
+async def close(memo: Any, **_: Any) -> None:
+    _runtime(memo).close()
+
+
+# ------------------------------------------------------------------------------------------------ indexes
+
+
+@kopf.index("apps", "v1", "deployments")
+def budget_deployments(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Deployments by the budget they opted into, and by the budget whose settings they still carry."""
+    annotations = body.metadata.annotations
+    names = {budget_of(dict(annotations)), annotations.get(MANAGED_BY)} - {None}
+    if not names:
+        return {}
+    snapshot = _plain(body)
+    return {str(name): snapshot for name in names}
+
+
+@kopf.index("apps", "v1", "deployments")
+def deployment_budgets(body: kopf.Body, name: str, **_: Any) -> dict[tuple[str, str], frozenset[str]]:
+    """For pods and HPAs: which budgets care about a Deployment."""
+    annotations = body.metadata.annotations
+    names = frozenset(n for n in (budget_of(dict(annotations)), annotations.get(MANAGED_BY)) if n)
+    return {(body.metadata.namespace or "", name): names} if names else {}
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")
+def hpas_by_target(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """HPAs by the Deployment they scale."""
+    ref = spec.get("scaleTargetRef") or {}
+    if ref.get("kind") != "Deployment" or not ref.get("name"):
+        return {}
+    return {(body.metadata.namespace or "", str(ref["name"])): _plain(body)}
+
+
+@kopf.index("v1", "pods")
+def pods_by_deployment(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodFacts]:
+    """Pods of Deployments (through their ReplicaSet), with the connections they carry; terminating ones too."""
+    facts = pod_facts(body)
+    return {facts.key: facts} if facts is not None else {}
+
+
+@kopf.index("v1", "namespaces")
+def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    """Namespace labels, for spec.namespaceSelector."""
+    return {name: {"kubernetes.io/metadata.name": name, **dict(labels)}}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def budget_names(name: str, **_: Any) -> dict[str, bool]:
+    """Which budgets exist (for Deployments naming one that does not)."""
+    return {name: True}
+
+
+# ------------------------------------------------------------------------------------------------ wake-ups
+
+
+@kopf.on.event("apps", "v1", "deployments")  # type: ignore[arg-type]  # indexes are injected by name
+async def deployment_changed(
+    body: kopf.Body, name: str, memo: Any, budget_names: kopf.Index[str, bool], **_: Any
+) -> None:
+    """Wake the budgets a Deployment names (now or before); warn once when it names one that does not exist."""
+    runtime = _runtime(memo)
+    key = (body.metadata.namespace or "", name)
+    annotations = dict(body.metadata.annotations)
+    wanted, owner = budget_of(annotations), managed_by(body)
+    now = {n for n in (wanted, owner) if n}
+    runtime.context.wake(now | runtime.last_budgets.pop(key, set()))
+    if now:
+        runtime.last_budgets[key] = now
+    if wanted is not None and wanted not in budget_names:
+        message = f"annotation poolbudget.io/budget names PoolBudget {wanted!r}, which does not exist"
+        if runtime.unknown_warned.get(key) != message:
+            runtime.unknown_warned[key] = message
+            runtime.context.events.warning(body, "UnknownBudget", message)
+    else:
+        runtime.unknown_warned.pop(key, None)
+    if owner is not None and owner not in budget_names and not body.metadata.get("deletionTimestamp"):
+        # Its budget is gone without releasing it (finalizer removed by hand): give it its env back.
+        await reconcile.release_orphan(runtime.context, _plain(body))
+
+
+@kopf.on.event("v1", "pods")  # type: ignore[arg-type]  # indexes are injected by name
+def pod_changed(
+    body: kopf.Body, memo: Any, deployment_budgets: kopf.Index[tuple[str, str], frozenset[str]], **_: Any
+) -> None:
+    facts = pod_facts(body)
+    if facts is not None and facts.key in deployment_budgets:
+        for names in deployment_budgets[facts.key]:
+            _runtime(memo).context.wake(names)
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers")  # type: ignore[arg-type]  # indexes are injected by name
+def hpa_changed(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    memo: Any,
+    deployment_budgets: kopf.Index[tuple[str, str], frozenset[str]],
+    **_: Any,
+) -> None:
+    key = (body.metadata.namespace or "", str((spec.get("scaleTargetRef") or {}).get("name", "")))
+    if key in deployment_budgets:
+        for names in deployment_budgets[key]:
+            _runtime(memo).context.wake(names)
+
+
+@kopf.on.event("v1", "namespaces")  # type: ignore[arg-type]  # indexes are injected by name
+def namespace_changed(memo: Any, budget_names: kopf.Index[str, bool], **_: Any) -> None:
+    # Rare: wake every budget (a namespaceSelector may now match differently).
+    _runtime(memo).context.wake(list(budget_names))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def budget_changed(name: str, memo: Any, **_: Any) -> None:
+    _runtime(memo).context.wake([name])
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)  # type: ignore[arg-type]  # indexes are injected by name
+async def budget_loop(
+    name: str,
+    body: kopf.Body,
+    memo: Any,
+    budget_deployments: kopf.Index[str, dict[str, Any]],
+    hpas_by_target: kopf.Index[tuple[str, str], dict[str, Any]],
+    pods_by_deployment: kopf.Index[tuple[str, str], PodFacts],
+    namespace_labels: kopf.Index[str, dict[str, str]],
+    **_: Any,
+) -> None:
+    """One loop per PoolBudget, for as long as it exists (kopf cancels it on deletion and on shutdown)."""
+    view = reconcile.View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
+    # kopf keeps `body` current with every watch event of the budget.
+    await reconcile.run_budget_loop(_runtime(memo).context, name, lambda: body, view)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # indexes are injected by name
+async def budget_deleted(
+    name: str,
+    memo: Any,
+    budget_deployments: kopf.Index[str, dict[str, Any]],
+    hpas_by_target: kopf.Index[tuple[str, str], dict[str, Any]],
+    pods_by_deployment: kopf.Index[tuple[str, str], PodFacts],
+    namespace_labels: kopf.Index[str, dict[str, str]],
+    **_: Any,
+) -> None:
+    """Give every Deployment of a deleted budget its own env back before the budget goes."""
+    runtime = _runtime(memo)
+    view = reconcile.View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
+    try:
+        await reconcile.release_budget(runtime.context, name, view)
+    except KubernetesError as exc:
+        raise kopf.TemporaryError(str(exc), delay=1) from None
+
+
+# ------------------------------------------------------------------------------------------------ liveness
+
+
+@kopf.on.probe(id="budgets")
+def budgets_probe(memo: Any, **_: Any) -> int:
+    """How many budgets this process runs loops for (served on --liveness)."""
+    return len(_runtime(memo).context.memories)

@@ -1,0 +1,116 @@
+"""Starting the operator: `poolbudget run` and `python -m poolbudget` come here.
+
+Builds the process-wide runtime (the Kubernetes adapter, the metrics, the budgets' loop context), serves the
+metrics, and hands over to kopf: cluster-wide or for a list of namespaces, with peering (one active replica)
+unless ``--standalone``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from poolbudget import __version__
+from poolbudget.adapters.kubernetes import Cluster
+from poolbudget.metrics import DEFAULT_PORT, OperatorMetrics
+from poolbudget.planning.budget import Key
+from poolbudget.reconcile import Context
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE_ENV = "POOLBUDGET_NAMESPACE"
+METRICS_PORT_ENV = "POOLBUDGET_METRICS_PORT"
+PRIORITY_ENV = "POOLBUDGET_PEERING_PRIORITY"
+_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class KopfEvents:
+    """Kubernetes Events through kopf's poster (posted in the background, never blocking a round)."""
+
+    def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        kopf.event(obj, type="Normal", reason=reason, message=message[:1024])  # type: ignore[arg-type]
+
+    def warning(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        kopf.event(obj, type="Warning", reason=reason, message=message[:1024])  # type: ignore[arg-type]
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share in one operator process (kept in kopf's memo)."""
+
+    cluster: Cluster
+    context: Context
+    standalone: bool
+    priority: int
+    last_budgets: dict[Key, set[str]] = field(default_factory=dict)  # budgets each Deployment named last
+    unknown_warned: dict[Key, str] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.cluster.close()
+
+
+def operator_namespace() -> str:
+    """Where the operator runs (default namespace of connectionSecretRef): env, else the pod's, else default."""
+    if os.environ.get(NAMESPACE_ENV):
+        return os.environ[NAMESPACE_ENV]
+    try:
+        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def peering_priority() -> int:
+    """kopf pauses every peer that sees another with the same priority: each replica draws its own."""
+    configured = os.environ.get(PRIORITY_ENV)
+    if configured:
+        return int(configured)
+    return random.SystemRandom().randint(1, 1_000_000)  # not a secret, only distinct
+
+
+def build_runtime(standalone: bool, metrics: OperatorMetrics, priority: int) -> Runtime:
+    identity = f"{socket.gethostname()}/{os.getpid()}"
+    cluster = Cluster.from_environment(user_agent=f"poolbudget/{__version__} ({identity})")
+    context = Context(
+        cluster=cluster, events=KopfEvents(), metrics=metrics, operator_namespace=operator_namespace()
+    )
+    return Runtime(cluster=cluster, context=context, standalone=standalone, priority=priority)
+
+
+def run_operator(
+    namespaces: Sequence[str] = (),
+    standalone: bool = False,
+    liveness: str | None = None,
+    metrics_port: int | None = None,
+    verbose: bool = False,
+) -> int:
+    """Run the operator until it is stopped (SIGINT/SIGTERM). Returns the exit code."""
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    import poolbudget.handlers  # noqa: F401  # registers the kopf handlers
+
+    metrics = OperatorMetrics()
+    port = metrics_port if metrics_port is not None else int(os.environ.get(METRICS_PORT_ENV, DEFAULT_PORT))
+    if port > 0:
+        metrics.serve(port)
+    runtime = build_runtime(standalone, metrics, peering_priority())
+    logger.info(
+        "poolbudget %s: %s, %s",
+        __version__,
+        "namespaces " + ", ".join(namespaces) if namespaces else "cluster-wide",
+        "standalone" if standalone else f"peering {runtime.priority}",
+    )
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        standalone=standalone,
+        liveness_endpoint=liveness or None,
+        memo=kopf.Memo(poolbudget=runtime),
+    )
+    return 0

@@ -1,0 +1,227 @@
+"""A PoolBudget's status: conditions and per-Deployment allocations, built from a round's outcome. Pure.
+
+Conditions keep their ``lastTransitionTime`` while their status stays the same, and the whole status is compared
+with what is stored, so an unchanged budget is never written (an operator restart writes nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from poolbudget.api.models import Condition, DeploymentAllocation, PoolBudgetStatus
+from poolbudget.planning.budget import Key
+from poolbudget.planning.plan import BudgetPlan
+from poolbudget.planning.transitions import Wait
+
+ConditionType = Literal["Ready", "Overcommitted", "DatabaseReachable", "MetricsAvailable", "Invalid"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+READY: ConditionType = "Ready"
+OVERCOMMITTED: ConditionType = "Overcommitted"
+DATABASE_REACHABLE: ConditionType = "DatabaseReachable"
+METRICS_AVAILABLE: ConditionType = "MetricsAvailable"
+INVALID: ConditionType = "Invalid"
+CONDITION_ORDER: tuple[ConditionType, ...] = (
+    READY,
+    OVERCOMMITTED,
+    DATABASE_REACHABLE,
+    METRICS_AVAILABLE,
+    INVALID,
+)
+
+# Waits that mean "the plan is not in force yet"; hysteresis waits are deliberate and leave the budget Ready.
+BLOCKING_WAITS = frozenset({Wait.SHRINKS_IN_FLIGHT, Wait.NO_ROOM, Wait.GROWTH_FROZEN})
+
+
+class Reason:
+    """Condition reasons (CamelCase, as Kubernetes writes them)."""
+
+    BALANCED = "Balanced"
+    REBALANCING = "Rebalancing"
+    OVERCOMMITTED = "Overcommitted"
+    FITS = "Fits"
+    INVALID = "InvalidSpec"
+    VALID = "Valid"
+    CONNECTED = "Connected"
+    NOT_CONFIGURED = "NoConnectionSecret"
+    LIMITS_UNKNOWN = "LimitsUnknown"
+    STATIC = "StaticWeights"
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionUpdate:
+    """What a round says about one condition; the time is added when it is merged."""
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: str
+    message: str = ""
+
+
+def merge_conditions(
+    previous: Iterable[Condition],
+    updates: Iterable[ConditionUpdate],
+    now: str,
+    generation: int | None,
+) -> list[Condition]:
+    """The new conditions: ``lastTransitionTime`` moves only when a condition's status changes.
+
+    Conditions the round says nothing about are kept as they were, in a fixed order of types.
+    """
+    by_type = {c.type: c for c in previous}
+    for update in updates:
+        old = by_type.get(update.type)
+        since = old.last_transition_time if old is not None and old.status == update.status else now
+        by_type[update.type] = Condition(
+            type=update.type,
+            status=update.status,
+            reason=update.reason,
+            message=update.message,
+            last_transition_time=since,
+            observed_generation=generation,
+        )
+    return [by_type[t] for t in CONDITION_ORDER if t in by_type]
+
+
+def condition_of(conditions: Iterable[Condition], kind: ConditionType) -> Condition | None:
+    return next((c for c in conditions if c.type == kind), None)
+
+
+def stored_status(body: Mapping[str, Any]) -> PoolBudgetStatus:
+    """The status as stored on the object; empty when there is none or it does not parse."""
+    raw = body.get("status")
+    if not isinstance(raw, Mapping):
+        return PoolBudgetStatus()
+    try:
+        return PoolBudgetStatus.model_validate(dict(raw))
+    except ValueError:
+        return PoolBudgetStatus()
+
+
+def ready_update(
+    plan: BudgetPlan | None,
+    waits: Mapping[Key, Wait],
+    database_error: str | None,
+    limits_problem: str | None = None,
+) -> ConditionUpdate:
+    """Ready: the plan fits and is in force (every change written, none held back by the shrink-first rule)."""
+    if plan is None:
+        return ConditionUpdate(
+            READY, "False", Reason.LIMITS_UNKNOWN, limits_problem or "no limits to plan with"
+        )
+    if not plan.feasible:
+        return ConditionUpdate(
+            READY, "False", Reason.OVERCOMMITTED, f"the minimums need {plan.shortfall} connections more"
+        )
+    blocked = sorted(f"{ns}/{name}" for (ns, name), wait in waits.items() if wait in BLOCKING_WAITS)
+    if blocked:
+        return ConditionUpdate(
+            READY, "False", Reason.REBALANCING, f"{len(blocked)} waiting to grow: " + ", ".join(blocked)
+        )
+    if database_error is not None:
+        return ConditionUpdate(
+            READY, "False", "DatabaseUnreachable", "planning with the last known limits; no increases"
+        )
+    count = len(plan.allocations)
+    return ConditionUpdate(
+        READY,
+        "True",
+        Reason.BALANCED,
+        f"{count} Deployment{'s' if count != 1 else ''} within {plan.available} available connections",
+    )
+
+
+def overcommitted_update(plan: BudgetPlan) -> ConditionUpdate:
+    if plan.feasible:
+        return ConditionUpdate(
+            OVERCOMMITTED, "False", Reason.FITS, f"allocated {plan.allocated} of {plan.available}"
+        )
+    return ConditionUpdate(
+        OVERCOMMITTED,
+        "True",
+        Reason.OVERCOMMITTED,
+        f"the minimums of {len(plan.allocations)} Deployments need {plan.shortfall} connections more than the "
+        f"{plan.available} available; every Deployment is held at the fairest split that fits",
+    )
+
+
+def allocations(plan: BudgetPlan, waits: Mapping[Key, Wait]) -> list[DeploymentAllocation]:
+    """Per Deployment: the planned settings and why, with what holds the change back if anything does."""
+    out = []
+    for a in plan.allocations:
+        w = a.workload
+        reason = a.reason
+        if w.key in waits:
+            reason += f"; not applied yet: {waits[w.key].value}"
+        out.append(
+            DeploymentAllocation(
+                namespace=w.namespace,
+                name=w.name,
+                profile=w.profile,
+                pods=w.pods,
+                processes_per_pod=w.processes_per_pod,
+                pools_per_process=w.pools_per_process,
+                pool_size=a.pool_size,
+                max_overflow=a.max_overflow,
+                connections=a.connections,
+                reason=reason,
+            )
+        )
+    return out
+
+
+def build_status(
+    *,
+    previous: PoolBudgetStatus,
+    plan: BudgetPlan | None,
+    updates: Sequence[ConditionUpdate],
+    waits: Mapping[Key, Wait],
+    limits_source: str | None,
+    now: str,
+    generation: int | None,
+) -> PoolBudgetStatus:
+    """The status after a round. Without a plan (invalid spec, no limits), the numbers are kept as they were."""
+    conditions = merge_conditions(previous.conditions, updates, now, generation)
+    ready = condition_of(conditions, READY)
+    if plan is None:
+        return previous.model_copy(
+            update={
+                "conditions": conditions,
+                "ready": ready.status if ready else None,
+                "observed_generation": generation,
+            }
+        )
+    return PoolBudgetStatus(
+        max_connections=plan.availability.max_connections,
+        available=plan.available,
+        allocated=plan.allocated,
+        deployment_count=len(plan.allocations),
+        ready=ready.status if ready else None,
+        limits_source=limits_source,
+        available_reason=plan.availability.reason,
+        shortfall=plan.shortfall,
+        allocations=allocations(plan, waits),
+        conditions=conditions,
+        observed_generation=generation,
+    )
+
+
+def status_document(status: PoolBudgetStatus) -> dict[str, Any]:
+    """The status as written to the API (camelCase, no nulls)."""
+    document: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return document
+
+
+def status_differs(stored: Mapping[str, Any] | None, document: Mapping[str, Any]) -> bool:
+    """Whether writing ``document`` would change the stored status (fields others keep there are ignored)."""
+    stored = stored or {}
+    return any(stored.get(key) != value for key, value in document.items()) or any(
+        key not in document for key in stored if key in _OWNED_FIELDS
+    )
+
+
+_OWNED_FIELDS = frozenset(
+    PoolBudgetStatus.model_fields[name].alias or name for name in PoolBudgetStatus.model_fields
+)
