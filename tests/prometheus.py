@@ -105,9 +105,9 @@ class PodExporter:
                 )
             return self._gauges[name]
 
-    def set(self, name: str, value: float, **labels: str) -> None:
+    def set(self, metric: str, value: float, /, **labels: str) -> None:
         """Set a gauge (created with these label names on first use) to ``value``."""
-        gauge = self.gauge(name, labelnames=sorted(labels))
+        gauge = self.gauge(metric, labelnames=sorted(labels))
         (gauge.labels(**labels) if labels else gauge).set(value)
 
 

@@ -160,10 +160,12 @@ def test_totals_sampled_over_time() -> None:
     assert sorted(got.samples) == [2.0, 2.0, 4.0, 4.0]
 
 
-def test_quantile_is_promqls() -> None:
+def test_quantile_is_an_observed_value_never_an_interpolation() -> None:
     values = [1.0, 2.0, 3.0, 4.0, 5.0]
     assert quantile(values, 0.5) == 3.0
-    assert quantile(values, 0.95) == pytest.approx(4.8)
+    assert quantile(values, 0.8) == 4.0
+    assert quantile(values, 0.95) == 5.0  # 2 of 20 samples high is enough to show in a p95
+    assert quantile([1.0] * 19 + [9.0], 0.95) == 1.0  # 1 of 20 is not
     assert quantile(values, 1.0) == 5.0
     assert quantile([7.0], 0.95) == 7.0
 

@@ -6,7 +6,7 @@ the time it is; everything decided from those is here:
 - which PromQL measures a Deployment (annotation, else budget, else its profile's exporter preset);
 - per-pool samples from the series (a series with a ``pod`` label is one pod, divided by the pools it runs;
   one without is the Deployment's total, divided by every pool of every replica);
-- demand = a quantile of those samples, in-use plus waiting requests, rounded up; a pool saturated at its
+- demand = a (nearest-rank) quantile of those samples, in-use plus waiting requests, rounded up; a pool saturated at its
   size with no waiting signal asks for one growth step more (the only way to see starvation without waiters);
 - a deadband and a minimum interval, so noise keeps the previous demand;
 - when metrics count as available again after a failure (N consecutive good reads).
@@ -303,16 +303,18 @@ def measure_totals(history: Iterable[tuple[float, float]], shape: Shape, source:
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    """The ``q``-quantile as PromQL's ``quantile`` computes it (linear between the closest ranks)."""
+    """The nearest-rank ``q``-quantile: the smallest sample with at least a share ``q`` of samples at or below it.
+
+    An observed value, never an interpolation between two: while load ramps up, an interpolated quantile
+    passes through values no pool ever had, and the deadband could then settle on one of them.
+    """
     if not values:
         raise ValueError("quantile of no values")
-    if not 0 <= q <= 1:
-        raise ValueError(f"quantile must be within [0, 1], got {q}")
+    if not 0 < q <= 1:
+        raise ValueError(f"quantile must be within (0, 1], got {q}")
     ordered = sorted(values)
-    rank = q * (len(ordered) - 1)
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    rank = max(1, math.ceil(q * len(ordered) - _EPSILON))
+    return ordered[rank - 1]
 
 
 @dataclass(frozen=True, slots=True)
