@@ -307,12 +307,12 @@ async def read_demand(
             memory.demand_state = DemandState()
         reading = await measure_demand(budget.spec, outcome.managed, memory.database_url, memory.demand_state)
         memory.demand = dict(reading.demand)
-        fallback = "" if reading.available else "; shares follow static weights"
+        # The message already says what is used meanwhile: static weights, or demand held through a short outage.
         memory.demand_update = ConditionUpdate(
             METRICS_AVAILABLE,
             "True" if reading.available else "False",
             reading.reason,
-            (reading.message or reading.reason) + fallback,
+            reading.message or reading.reason,
         )
         if not reading.available:
             ctx.metrics.prometheus_errors.labels(budget.name).inc()
