@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -250,6 +252,33 @@ async def test_a_plain_login_role_without_grants_reads_everything(role: Role) ->
     assert limits == DatabaseLimits(100, 3, 0, -1, -1, "database")
     # Another role's sessions: user and application_name visible, backend_type hidden, so `inferred`.
     assert BackendCount("postgres", "someone-else", 2, inferred=True) in seen
+
+
+DOCS_DATABASE = Path(__file__).resolve().parent.parent / "docs" / "database.md"
+
+
+def docs_role_recipe() -> str:
+    """The ```sql block of docs/database.md that creates the operator's role."""
+    blocks = re.findall(r"^```sql\n(.*?)^```$", DOCS_DATABASE.read_text(), flags=re.MULTILINE | re.DOTALL)
+    recipes = [block for block in blocks if block.startswith("-- the operator's role")]
+    assert len(recipes) == 1, "docs/database.md: one ```sql block must start with -- the operator's role"
+    return str(recipes[0])
+
+
+@needs_postgres
+async def test_the_role_recipe_in_the_docs_reads_everything(pg100: PostgresServer) -> None:
+    recipe = docs_role_recipe()
+    name = _unique("poolbudget")
+    pg100.execute(recipe.replace("ROLE poolbudget", f'ROLE "{name}"'))
+    url = pg100.url(name, re.findall(r"PASSWORD '([^']*)'", recipe)[0])
+    try:
+        limits = await read_limits(url)
+        async with connections(pg100.url(), "someone-else", 1):
+            seen = await read_client_backends(url)
+    finally:
+        pg100.execute(f'DROP ROLE "{name}"')
+    assert limits.max_connections == 100
+    assert BackendCount("postgres", "someone-else", 1, inferred=True) in seen
 
 
 @needs_postgres
