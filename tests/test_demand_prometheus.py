@@ -27,7 +27,7 @@ from poolbudget.api.workloads import Deployment
 from poolbudget.demand import DemandReading, DemandState, measure_demand
 from poolbudget.planning.budget import BudgetOutcome, Key, plan_for_budget
 from poolbudget.planning.limits import DatabaseLimits
-from prometheus import PodExporter, PrometheusServer, start_pods, start_prometheus, stop_pods
+from tests.prometheus import PodExporter, PrometheusServer, start_pods, start_prometheus, stop_pods
 
 pytestmark = pytest.mark.prometheus
 
