@@ -93,6 +93,9 @@ def run_operator(
 ) -> int:
     """Run the operator until it is stopped (SIGINT/SIGTERM). Returns the exit code."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    if not verbose:
+        # kopf logs every handler call at INFO ("Handler 'pod_changed' succeeded."): one per pod event.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import poolbudget.handlers  # noqa: F401  # registers the kopf handlers
 
     metrics = OperatorMetrics()

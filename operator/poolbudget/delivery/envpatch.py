@@ -44,7 +44,15 @@ class OwnedEntry:
     position: int | None = None  # where the original stood in the container's env, for the record
 
 
-Record = dict[str, dict[str, OwnedEntry]]  # container name -> env name -> entry
+@dataclass(frozen=True, slots=True)
+class ContainerRecord:
+    """What poolbudget owns in one container, and whether the container had an env list before it came."""
+
+    entries: dict[str, OwnedEntry]
+    had_env: bool = True
+
+
+Record = dict[str, ContainerRecord]  # by container name
 
 
 def read_record(annotations: Mapping[str, str]) -> Record:
@@ -56,14 +64,14 @@ def read_record(annotations: Mapping[str, str]) -> Record:
         parsed = json.loads(raw)
     except ValueError:
         return {}
-    record: Record = {}
     if not isinstance(parsed, dict):
         return {}
-    for container, entries in parsed.items():
-        if not isinstance(entries, dict):
+    record: Record = {}
+    for container, stored in parsed.items():
+        if not isinstance(stored, dict) or not isinstance(stored.get("env"), dict):
             continue
         owned: dict[str, OwnedEntry] = {}
-        for name, entry in entries.items():
+        for name, entry in stored["env"].items():
             if isinstance(entry, dict) and isinstance(entry.get("written"), str):
                 original = entry.get("original")
                 position = entry.get("position")
@@ -72,7 +80,7 @@ def read_record(annotations: Mapping[str, str]) -> Record:
                     entry["written"],
                     position if isinstance(position, int) else None,
                 )
-        record[str(container)] = owned
+        record[str(container)] = ContainerRecord(owned, stored.get("hadEnv") is not False)
     return record
 
 
@@ -81,11 +89,14 @@ def dump_record(record: Record) -> str:
     return json.dumps(
         {
             container: {
-                name: {"original": entry.original, "written": entry.written, "position": entry.position}
-                for name, entry in entries.items()
+                "env": {
+                    name: {"original": entry.original, "written": entry.written, "position": entry.position}
+                    for name, entry in stored.entries.items()
+                },
+                "hadEnv": stored.had_env,
             }
-            for container, entries in record.items()
-            if entries
+            for container, stored in record.items()
+            if stored.entries
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -134,7 +145,8 @@ def with_application_name(
         if APPLICATION_NAME_ENV in entries:
             continue
         found = _env_entry(containers.get(name, {}), APPLICATION_NAME_ENV)
-        owned = record.get(name, {}).get(APPLICATION_NAME_ENV)
+        stored = record.get(name)
+        owned = stored.entries.get(APPLICATION_NAME_ENV) if stored is not None else None
         if found is None or (owned is not None and _ours(found[1], owned)):
             out[name][APPLICATION_NAME_ENV] = application_name
     return out
@@ -153,7 +165,10 @@ def _restore_entry(name: str, current: Obj | None, owned: OwnedEntry) -> Obj | N
     return item if item != current else None
 
 
-def _empty_after(container: Mapping[str, Any], items: list[Obj]) -> bool:
+def _empty_after(container: Mapping[str, Any], items: list[Obj], had_env: bool) -> bool:
+    """Whether the patch leaves no env entry in a container that had no env list before poolbudget."""
+    if had_env:
+        return False
     deleted = {item["name"] for item in items if item.get("$patch") == "delete"}
     remaining = [
         e for e in container.get("env") or [] if not (isinstance(e, dict) and e.get("name") in deleted)
@@ -184,7 +199,9 @@ def apply_patch(
         if container is None:
             continue  # gone from the template: nothing to write or restore there
         wanted = desired.get(container_name, {})
-        previous = old_record.get(container_name, {})
+        previous_record = old_record.get(container_name)
+        previous = previous_record.entries if previous_record is not None else {}
+        had_env = previous_record.had_env if previous_record is not None else "env" in container
         owned: dict[str, OwnedEntry] = {}
         items: list[Obj] = []
         for env_name, value in wanted.items():
@@ -208,11 +225,11 @@ def apply_patch(
                 if restored is not None:
                     items.append(restored)
         if owned:
-            record[container_name] = owned
+            record[container_name] = ContainerRecord(owned, had_env)
         if items:
             patch: Obj = {"name": container_name, "env": items}
-            if _empty_after(container, items):
-                patch["env"] = None
+            if _empty_after(container, items, had_env):
+                patch["env"] = None  # an empty list would stay behind where the original had no env at all
             container_patches.append(patch)
 
     template_annotations = _annotations(_template(deployment))
@@ -251,19 +268,19 @@ def restore_patch(deployment: Mapping[str, Any]) -> Obj | None:
         return None
     containers = _containers(deployment)
     container_patches: list[Obj] = []
-    for container_name, owned in sorted(read_record(annotations).items()):
+    for container_name, stored in sorted(read_record(annotations).items()):
         container = containers.get(container_name)
         if container is None:
             continue
         items: list[Obj] = []
-        for env_name, entry in owned.items():
+        for env_name, entry in stored.entries.items():
             found = _env_entry(container, env_name)
             restored = _restore_entry(env_name, found[1] if found else None, entry)
             if restored is not None:
                 items.append(restored)
         if items:
             patch: Obj = {"name": container_name, "env": items}
-            if _empty_after(container, items):
+            if _empty_after(container, items, stored.had_env):
                 patch["env"] = None  # an empty list would stay behind where the original had no env at all
             container_patches.append(patch)
     template_patch: Obj = {}
