@@ -111,7 +111,8 @@ class DemandState:
       confirmed it, so a short Prometheus outage rolls nothing; after that it falls back to its static weight.
 
     It also keeps the accepted demand per Deployment (the deadband's reference) and, for ``pgStatActivity``,
-    the totals sampled within the window.
+    the totals sampled within the window and which application names were ever seen with connections (before
+    that, a Deployment has no measurement: zero connections could mean a driver that ignores PGAPPNAME).
     """
 
     def __init__(self, *, recovery_successes: int = 3, hold_seconds: float = 300.0) -> None:
@@ -124,6 +125,7 @@ class DemandState:
         self.health = Health()
         self.accepted: dict[Key, Accepted] = {}
         self.activity: dict[Key, tuple[tuple[float, float], ...]] = {}
+        self.activity_seen: set[Key] = set()  # application names seen with connections at least once
 
     def remember(self, demand: Mapping[Key, int], at: float) -> None:
         """Seed accepted demand (e.g. from the budget's status after an operator restart), as of ``at``.
@@ -296,11 +298,13 @@ async def _from_pg_stat_activity(
         if subject.key in found.measurements:
             continue  # Prometheus measured it: in use + waiting says more than connections open
         source = f"pg_stat_activity application_name={app!r}"
-        measurement = measure_totals(history, subject.shape, source)
-        if max(measurement.samples, default=0.0) > 0:
-            found.measurements[subject.key] = measurement
+        if any(total > 0 for _, total in history):
+            state.activity_seen.add(subject.key)
+        # Never seen: its driver may not report PGAPPNAME (asyncpg, JDBC), so zero would be a guess, not a fact.
+        if subject.key in state.activity_seen:
+            found.measurements[subject.key] = measure_totals(history, subject.shape, source)
         else:
-            found.notes.setdefault(subject.key, f"no connections seen under {source}")
+            found.notes.setdefault(subject.key, f"no connections ever seen under {source}")
 
 
 async def measure_demand(
@@ -327,6 +331,7 @@ async def measure_demand(
     for memory in (state.accepted, state.activity):
         for key in [k for k in memory if k not in managed]:
             del memory[key]
+    state.activity_seen &= set(managed)
     running = [s for s in subjects if s.shape.replicas > 0]
     if not running:
         return DemandReading({}, True, NO_DEPLOYMENTS, {}, "no running Deployment to measure")
