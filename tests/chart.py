@@ -37,3 +37,20 @@ def validate_strict(obj: dict[str, Any], version: str) -> None:
             f"{obj['kind']} {obj['metadata']['name']} is invalid for Kubernetes {version}: {exc.message} "
             f"at {'/'.join(str(p) for p in exc.path)}"
         ) from None
+
+
+def exported_series() -> set[str]:
+    """Every series name the operator's metrics produce (counters as `_total`, histograms' parts)."""
+    from prometheus_client import CollectorRegistry
+
+    from poolbudget.metrics import OperatorMetrics
+
+    names: set[str] = set()
+    for family in OperatorMetrics(CollectorRegistry()).registry.collect():
+        if family.type == "counter":
+            names |= {f"{family.name}_total", f"{family.name}_created"}
+        elif family.type == "histogram":
+            names |= {family.name + suffix for suffix in ("_bucket", "_sum", "_count", "_created")}
+        else:
+            names.add(family.name)
+    return names

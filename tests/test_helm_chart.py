@@ -113,15 +113,12 @@ def test_chart_refuses_kubernetes_older_than_1_29(helm: Helm) -> None:
     assert "kubeVersion" in result.stderr or "incompatible" in result.stderr
 
 
-def test_custom_resources_have_the_expected_shape(full_render: list[dict[str, Any]]) -> None:
+def test_service_monitor_scrapes_the_metrics_service(full_render: list[dict[str, Any]]) -> None:
     monitor = find(full_render, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     service = find(full_render, "Service", "-metrics")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    peering = find(full_render, "ClusterKopfPeering")
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    assert "post-install" in peering["metadata"]["annotations"]["helm.sh/hook"]
 
 
 # --- the operator's pod ----------------------------------------------------------------------------------
@@ -160,7 +157,6 @@ def test_one_replica_runs_standalone_and_is_never_doubled(default_render: list[d
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert "--standalone" in _operator_container(default_render)["args"]
-    assert not [o for o in default_render if o["kind"] == "ClusterKopfPeering"]
 
 
 def test_several_replicas_peer(full_render: list[dict[str, Any]]) -> None:
@@ -168,9 +164,8 @@ def test_several_replicas_peer(full_render: list[dict[str, Any]]) -> None:
     assert deployment["spec"]["replicas"] == 2
     assert "strategy" not in deployment["spec"]
     args = _operator_container(full_render)["args"]
-    peering = find(full_render, "ClusterKopfPeering")
     assert "--standalone" not in args
-    assert f"--peering={peering['metadata']['name']}" in args
+    assert "--peering=poolbudget" in args
 
 
 def test_metrics_service_selects_the_operator_pods(default_render: list[dict[str, Any]]) -> None:
