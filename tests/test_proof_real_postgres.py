@@ -325,10 +325,8 @@ def _fill_queuepool(
         max_overflow=shape.overflow,
         pool_timeout=shape.timeout,
         pool_pre_ping=True,
-        connect_args={
-            "application_name": process.application_name,
-            "connect_timeout": 5,
-        },  # as libpq reads PGAPPNAME
+        # application_name: what libpq takes from the PGAPPNAME the env carries.
+        connect_args={"application_name": process.application_name, "connect_timeout": 10},
     )
     stack.callback(engine.dispose)
     held = 0
