@@ -54,3 +54,23 @@ def exported_series() -> set[str]:
         else:
             names.add(family.name)
     return names
+
+
+def container_command(deployment: dict[str, Any], entrypoint: list[str]) -> list[str]:
+    """What the kubelet runs for the Deployment's first container: the image's ENTRYPOINT plus `args`."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "command" not in container, "the chart keeps the image's ENTRYPOINT"
+    return [*entrypoint, *container.get("args", [])]
+
+
+def container_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """The first container's env as the kubelet resolves it (the downward API's metadata.namespace only)."""
+    namespace = deployment["metadata"]["namespace"]
+    env: dict[str, str] = {}
+    for entry in deployment["spec"]["template"]["spec"]["containers"][0].get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = str(entry["value"])
+        else:
+            assert entry["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}, entry
+            env[entry["name"]] = namespace
+    return env

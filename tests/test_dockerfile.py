@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
+import subprocess
 import tomllib
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +17,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.chart import container_command, container_env, find, objects
+from tests.emulator import KubernetesEmulator, wait_until
+from tests.helm import Helm, helm_fixture  # noqa: F401
 from tests.lockfile import LOCK, installed_closure, read_lock, runtime_requirements
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,3 +168,65 @@ def test_dockerignore_sends_only_what_the_build_copies(stages: list[Stage]) -> N
 
 def test_entrypoint_is_the_operator(stages: list[Stage]) -> None:
     assert entrypoint(stages) == ["poolbudget", "run"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.mark.emulator
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("replicas", [1, 2], ids=["standalone", "peering"])
+def test_entrypoint_runs_the_operator_against_the_emulator(
+    stages: list[Stage], helm: Helm, emulator: KubernetesEmulator, tmp_path: Path, replicas: int
+) -> None:
+    """The image's ENTRYPOINT with the chart's args and env, as the kubelet would start it; the API is the
+    emulator (a test double) instead of the in-cluster one."""
+    health, metrics = _free_port(), _free_port()
+    rendered = objects(
+        helm.template(
+            *("--set", f"operator.healthPort={health}", "--set", f"operator.metricsPort={metrics}"),
+            *("--set", f"replicaCount={replicas}"),
+        )
+    )
+    for crd in (o for o in rendered if o["kind"] == "CustomResourceDefinition"):
+        emulator.register_crd(crd)
+    deployment = find(rendered, "Deployment")
+    command = container_command(deployment, entrypoint(stages))
+    assert command[:2] == ["poolbudget", "run"]
+    env = {**emulator.env(), **container_env(deployment)}
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+
+        def up() -> bool:
+            assert process.poll() is None, (
+                f"the operator exited with {process.returncode}:\n{log.read_text()}"
+            )
+            return _answers(f"http://127.0.0.1:{health}/healthz")
+
+        wait_until(up, timeout=30, interval=0.1, message="the liveness endpoint")
+        assert _answers(f"http://127.0.0.1:{metrics}/metrics")
+        assert env["POOLBUDGET_NAMESPACE"] == "poolbudget-system"
+    finally:
+        process.send_signal(signal.SIGTERM)  # as the kubelet stops a pod
+        try:
+            code = process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+    if replicas > 1:  # peering: the operator created the ClusterKopfPeering it coordinates through
+        assert emulator.get("kopf.dev/v1", "clusterkopfpeerings", "poolbudget") is not None
