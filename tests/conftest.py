@@ -1,3 +1,4 @@
 """Shared fixtures. The real-server fixtures live in their own modules and are registered here."""
 
-from tests.emulator.fixtures import emulator  # noqa: F401  (the Kubernetes API emulator, not a real server)
+# Real PostgreSQL servers (started on demand) and the Kubernetes API emulator (a test double, not a real server).
+pytest_plugins = ["tests.pg", "tests.emulator.fixtures"]
