@@ -1,0 +1,131 @@
+"""Faults, with the real operator against the Kubernetes API emulator (a test double) and a real PostgreSQL:
+the database going away, and the operator restarting."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.operator_harness import (
+    KubernetesEmulator,
+    OperatorProcess,
+    apply,
+    budget_manifest,
+    budget_status,
+    condition,
+    container_env,
+    deployment_manifest,
+    events,
+    running,
+    settled,
+    stamp_changes,
+    start_cluster,
+    wait_for_rounds,
+    wait_until,
+)
+from tests.pg import PostgresServer
+
+pytestmark = [pytest.mark.emulator, pytest.mark.timeout(120)]
+
+FAST = {"debounceSeconds": 0.2, "minIntervalSeconds": 0}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[KubernetesEmulator]:
+    emulator = start_cluster(tmp_path)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def per_process(cluster: KubernetesEmulator, name: str) -> int:
+    env = container_env(cluster, name)
+    return int(env.get("DB_POOL_SIZE") or 0) + int(env.get("DB_MAX_OVERFLOW") or 0)
+
+
+@pytest.mark.postgres
+def test_database_down_keeps_the_last_limits_and_allows_no_increase(
+    cluster: KubernetesEmulator, tmp_path: Path
+) -> None:
+    server = PostgresServer.start_new(40)
+    try:
+        cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "main-db", "namespace": "default"},
+                "data": {"url": base64.b64encode(server.url().encode()).decode()},
+            }
+        )
+        database = {"connectionSecretRef": {"name": "main-db"}, "refreshSeconds": 5}
+        apply(cluster, budget_manifest(database=database, rebalance=FAST))
+        apply(cluster, deployment_manifest("a"), deployment_manifest("b"))
+        with running(OperatorProcess(cluster, tmp_path)) as operator:
+            wait_until(lambda: condition(cluster, "DatabaseReachable").get("status") == "True", timeout=15)
+            status = budget_status(cluster)
+            assert (status["maxConnections"], status["available"], status["limitsSource"]) == (
+                40,
+                37,
+                "database",
+            )
+            wait_until(
+                lambda: settled(cluster, "a", "b") and "PGAPPNAME" in container_env(cluster, "a"), timeout=15
+            )
+            sized = per_process(cluster, "a")
+
+            server.stop()
+            wait_until(lambda: condition(cluster, "DatabaseReachable").get("status") == "False", timeout=15)
+            reachable = condition(cluster, "DatabaseReachable")
+            assert "only decreases" in reachable["message"]
+            assert "last known limits" in reachable["message"]
+            assert budget_status(cluster)["available"] == 37  # kept
+
+            mark = cluster.mark()
+            cluster.kubectl("scale", "deployment/b", "--replicas=0")  # a would get b's share
+            rounds = operator.rounds("main")
+            wait_for_rounds(operator, "main", rounds + 2)
+            assert per_process(cluster, "a") == sized
+            changes = stamp_changes(cluster, since=mark)
+            assert all(
+                after is not None and before is not None and after < before for _, before, after in changes
+            )
+            assert "a" not in [name for name, _, _ in changes]
+            assert condition(cluster, "Ready")["status"] == "False"
+
+            cluster.kubectl("scale", "deployment/a", "--replicas=6")  # a must shrink: decreases still go
+            wait_until(lambda: per_process(cluster, "a") < sized, timeout=10, message="a shrinking")
+
+            secrets = (server.password, "Secret-7f3a")
+            texts = [operator.log(), str(budget_status(cluster)), str(events(cluster))]
+            assert not [s for s in secrets for t in texts if s in t], "the database password leaked"
+    finally:
+        server.stop()
+
+
+def test_a_restarted_operator_converges_without_a_single_write(
+    cluster: KubernetesEmulator, tmp_path: Path
+) -> None:
+    apply(cluster, budget_manifest(max_connections=80, reserved=5, rebalance=FAST))
+    apply(cluster, deployment_manifest("a"), deployment_manifest("b", replicas=3), deployment_manifest("c"))
+    with running(OperatorProcess(cluster, tmp_path, name="first")):
+        wait_until(lambda: all("PGAPPNAME" in container_env(cluster, n) for n in "abc"), timeout=10)
+        wait_until(
+            lambda: settled(cluster, "a", "b", "c") and condition(cluster, "Ready").get("status") == "True",
+            timeout=20,
+        )
+        time.sleep(0.5)  # the last round's status write lands
+    mark = cluster.mark()
+    with running(OperatorProcess(cluster, tmp_path, name="second")) as second:
+        wait_for_rounds(second, "main", 1)
+        time.sleep(1.0)  # wake-ups from the initial listing: another debounce window and round
+    written = [
+        (r.actor, r.verb, r.plural, r.name)
+        for r in cluster.writes(since=mark, changed_only=True)
+        if not r.actor.startswith("pod-simulator")
+    ]
+    assert written == []
