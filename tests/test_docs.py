@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from poolbudget.api import reference, workloads
 from poolbudget.api.crd import crd
 from poolbudget.api.models import PoolBudget
 from tests.chart import validate_strict
+from tests.docblocks import Block, Session, code_blocks, console_session, output_matches
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -34,35 +34,6 @@ DOCS = REPO / "docs"
 PENDING_PAGES = {"database.md", "demand.md"}
 BUILT_IN_KINDS = {"Deployment", "HorizontalPodAutoscaler", "Secret", "Namespace", "ConfigMap", "Service"}
 VERSIONS = ("1.29", "1.35")
-
-
-@dataclass(frozen=True)
-class Block:
-    page: str
-    line: int
-    language: str
-    text: str
-
-    @property
-    def where(self) -> str:
-        return f"{self.page}:{self.line}"
-
-
-def code_blocks(page: Path) -> list[Block]:
-    blocks: list[Block] = []
-    lines = page.read_text().splitlines()
-    start, language, body = 0, None, []
-    for number, line in enumerate(lines, 1):
-        fence = re.match(r"^```(\S*)\s*$", line)
-        if fence and language is None:
-            start, language, body = number, fence[1] or "text", []
-        elif line.strip() == "```" and language is not None:
-            blocks.append(Block(page.name, start, language, "\n".join(body) + "\n"))
-            language = None
-        elif language is not None:
-            body.append(line)
-    assert language is None, f"{page.name}:{start}: unclosed code block"
-    return blocks
 
 
 PAGES = sorted(DOCS.glob("*.md"))
@@ -167,37 +138,11 @@ def test_example_files_are_valid(path: Path) -> None:
 # --- commands --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Session:
-    commands: list[str]
-    expected: str
-
-
-def console_session(block: Block) -> Session:
-    commands: list[str] = []
-    expected: list[str] = []
-    for line in block.text.splitlines():
-        if line.startswith("$ "):
-            commands.append(line[2:])
-        else:
-            expected.append(line)
-    return Session(commands, "\n".join(expected))
-
-
 def _runnable(session: Session) -> bool:
     return all(c.startswith("poolbudget ") or c == "echo $?" for c in session.commands)
 
 
 RUNNABLE = [b for b in CONSOLE_BLOCKS if _runnable(console_session(b))]
-
-
-def output_matches(expected: str, actual: str) -> bool:
-    """Line by line, trailing spaces ignored; a line `...` matches any number of lines."""
-    pattern = ""
-    for line in expected.splitlines():
-        pattern += r"(?:[^\n]*\n)*?" if line.strip() == "..." else re.escape(line.rstrip()) + r"\n"
-    normalized = "".join(line.rstrip() + "\n" for line in actual.splitlines())
-    return re.fullmatch(pattern, normalized) is not None
 
 
 def test_output_matching() -> None:
