@@ -15,8 +15,11 @@ COPY requirements.lock ./
 RUN /opt/poolbudget/bin/pip install --only-binary=:all: --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN /opt/poolbudget/bin/pip install --no-deps . \
- && /opt/poolbudget/bin/pip uninstall --yes pip \
+# The build backend is pinned too: no isolated build environment fetching whatever setuptools is newest.
+# Neither it nor pip is needed to run, so both leave the virtualenv afterwards.
+RUN /opt/poolbudget/bin/pip install --no-deps setuptools==80.9.0 \
+ && /opt/poolbudget/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/poolbudget/bin/pip uninstall --yes setuptools pip \
  && /opt/poolbudget/bin/python -m compileall -q /opt/poolbudget
 
 # --- runtime: the virtualenv, a non-root user, nothing else.

@@ -122,12 +122,18 @@ def test_final_stage_has_no_build_tools(stages: list[Stage]) -> None:
 
 
 def test_dependencies_come_from_the_lock_only(stages: list[Stage]) -> None:
-    installs = [r for r in stages[0].all("RUN") if "pip install" in r]
-    assert any("-r requirements.lock" in r and "--no-deps" in r for r in installs)
+    commands = [c.strip() for r in stages[0].all("RUN") for c in r.split("&&")]
+    installs = [c for c in commands if re.search(r"\bpip install\b", c)]
+    assert any("-r requirements.lock" in c for c in installs)
     for command in installs:
         assert "--no-deps" in command, (
             f"every pip install is --no-deps, so nothing unpinned sneaks in: {command}"
         )
+        packages = [w for w in command.split()[2:] if not w.startswith("-") and w != "requirements.lock"]
+        for package in packages:
+            assert package == "." or re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", package), package
+        if packages == ["."]:
+            assert "--no-build-isolation" in command, "the build backend comes pinned, not from the index"
 
 
 def test_lock_pins_exactly_the_runtime_closure() -> None:
