@@ -22,7 +22,8 @@ class Block:
 def code_blocks(page: Path) -> list[Block]:
     blocks: list[Block] = []
     lines = page.read_text().splitlines()
-    start, language, body = 0, None, []
+    start, language = 0, None
+    body: list[str] = []
     for number, line in enumerate(lines, 1):
         fence = re.match(r"^```(\S*)\s*$", line)
         if fence and language is None:

@@ -31,9 +31,8 @@ def runtime_requirements() -> list[Requirement]:
 def _applies(requirement: Requirement, extras: set[str]) -> bool:
     if requirement.marker is None:
         return True
-    return any(
-        requirement.marker.evaluate({**default_environment(), "extra": extra}) for extra in {"", *extras}
-    )
+    environment: dict[str, str] = {key: str(value) for key, value in default_environment().items()}
+    return any(requirement.marker.evaluate({**environment, "extra": extra}) for extra in {"", *extras})
 
 
 def installed_closure() -> dict[str, str]:

@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,10 +89,10 @@ class NewUser:
         self._start_operator_pod(find(objects(rendered), "Deployment"))
         return ""
 
-    def _start_operator_pod(self, deployment: dict[str, object]) -> None:
+    def _start_operator_pod(self, deployment: dict[str, Any]) -> None:
         stages = parse_dockerfile(DOCKERFILE.read_text())[1]
-        command = container_command(deployment, entrypoint(stages))  # type: ignore[arg-type]
-        env = {**self.emulator.env(), **container_env(deployment)}  # type: ignore[arg-type]
+        command = container_command(deployment, entrypoint(stages))
+        env = {**self.emulator.env(), **container_env(deployment)}
         with self.log.open("wb") as out:
             self.operator = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         wait_until(self._healthy, timeout=WAIT, interval=0.1, message="the operator's liveness endpoint")
@@ -161,10 +162,13 @@ def test_quick_start_gives_the_documented_result(user: NewUser, emulator: Kubern
         template = emulator.get("apps/v1", "deployments", "web", "default")
         assert template is not None
         env = template["spec"]["template"]["spec"]["containers"][0]["env"]
-        return env == [
-            {"name": "WEB_CONCURRENCY", "value": "2"},
-            {"name": "DB_POOL_SIZE", "value": "20"},
-            {"name": "DB_MAX_OVERFLOW", "value": "30"},
-        ]
+        return bool(
+            env
+            == [
+                {"name": "WEB_CONCURRENCY", "value": "2"},
+                {"name": "DB_POOL_SIZE", "value": "20"},
+                {"name": "DB_MAX_OVERFLOW", "value": "30"},
+            ]
+        )
 
     wait_until(env_restored, timeout=WAIT, interval=0.2, message="the app's own env back")
