@@ -29,7 +29,9 @@ def _layer_tarball() -> Path:
     try:
         files = importlib.metadata.files(WHEEL) or []
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip(f"helm is not at {HELM_PATH} and the wheel {WHEEL} is not installed")
+        pytest.skip(
+            f"helm is not at {HELM_PATH} and the wheel {WHEEL} is not installed: run scripts/install-test-deps.sh"
+        )
     for file in files:
         if str(file).endswith(".jsii.tgz"):
             return Path(str(file.locate()))
