@@ -194,3 +194,22 @@ def test_every_page_is_linked_from_the_index() -> None:
     for page in PAGES:
         if page.name != "index.md":
             assert f"({page.name})" in index, f"index.md does not link {page.name}"
+
+
+def test_profiles_table_matches_the_profiles() -> None:
+    from poolbudget.profiles import builtin_profiles
+    from poolbudget.profiles.base import PoolSettings
+
+    rows = {
+        line.split("|")[1].strip().split()[0].strip("`"): [c.strip() for c in line.strip("|").split("|")]
+        for line in (DOCS / "profiles.md").read_text().splitlines()
+        if line.startswith("| `")
+    }
+    for name, profile in builtin_profiles().items():
+        _, env, pools, overflow = rows[name]
+        written = set(profile.render(PoolSettings(3, 2), {}))
+        deprecated = {"LANGFLOW_POOL_SIZE": "0", "LANGFLOW_MAX_OVERFLOW": "0"}  # written only when present
+        written |= set(profile.render(PoolSettings(3, 2), deprecated)) if name == "langflow" else set()
+        assert set(re.findall(r"`([A-Z][A-Z0-9_]+)(?:=\w+)?`", env)) == written, name
+        assert int(pools) == profile.pools_per_process, name
+        assert (overflow == "yes") == profile.has_overflow, name
