@@ -5,6 +5,7 @@ and outages do not move it. No server here; ``test_demand_prometheus.py`` runs t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -252,3 +253,13 @@ def test_recovery_needs_consecutive_good_reads_but_a_cold_start_one() -> None:
 def test_history_keeps_the_window() -> None:
     history = trim_history([(1.0, 5.0), (50.0, 6.0)], now=70.0, window=30.0, sample=7.0)
     assert history == ((50.0, 6.0), (70.0, 7.0))
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTERS))
+def test_docs_show_each_preset_query_as_the_code_runs_it(name: str) -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "demand.md").read_text()
+    exporter = EXPORTERS[name]
+    assert f"`{name}`" in page
+    assert exporter.in_use in page
+    if exporter.pending:
+        assert exporter.pending in page
