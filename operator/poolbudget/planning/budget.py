@@ -145,7 +145,10 @@ def plan_for_budget(
     Kubernetes gives every namespace (``kubernetes.io/metadata.name``). Deployments that cannot be managed
     (bad annotations, unknown profile, namespace not selected) are refused and left out of the plan.
     """
-    hpas = list(hpas)
+    # HPAs by the Deployment they name, so each Deployment looks at its own (not every HPA: quadratic).
+    hpas_by_target: dict[Key, list[HorizontalPodAutoscaler]] = {}
+    for hpa in hpas:
+        hpas_by_target.setdefault((hpa.metadata.namespace, hpa.spec.scale_target_ref.name), []).append(hpa)
     managed: dict[Key, Managed] = {}
     refused: list[Refusal] = []
     for deployment in deployments:
@@ -157,7 +160,9 @@ def plan_for_budget(
             )
             continue
         try:
-            managed[deployment.key] = manage(budget, deployment, hpas, (demand or {}).get(deployment.key))
+            managed[deployment.key] = manage(
+                budget, deployment, hpas_by_target.get(deployment.key, ()), (demand or {}).get(deployment.key)
+            )
         except (AnnotationError, ProfileError) as exc:
             refused.append(Refusal(ns, name, str(exc)))
     availability = compute_available(limits, budget.spec.reserved, unmanaged)

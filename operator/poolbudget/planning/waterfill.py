@@ -68,39 +68,52 @@ def _jump(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
     a target that leaves room for rounding up (one step per claim) and for the largest single step, so the
     greedy could not have skipped anyone before reaching that state.
     """
-    largest_step = max(claims[i].multiplier for i in active)
-    rounding = sum(claims[i].multiplier for i in active)
+    largest_step = 0
+    rounding = 0
+    # Slope of the relaxed cost changes at lam = level/weight (starts rising) and lam = cap/weight (stops).
+    # Points and slope changes in two flat lists, sorted by a float key: much faster than sorting tuples,
+    # and the order of ties does not matter (no cost accrues between equal points).
+    points: list[float] = []
+    deltas: list[int] = []
+    for i in active:
+        c = claims[i]
+        step = c.multiplier
+        rounding += step
+        if step > largest_step:
+            largest_step = step
+        rate = step * c.weight
+        points.append(c.level / c.weight)
+        deltas.append(rate)
+        points.append(c.cap / c.weight)
+        deltas.append(-rate)
     target = budget - largest_step - rounding
     if target <= 0:
         return budget
-    # Slope of the relaxed cost changes at lam = level/weight (starts rising) and lam = cap/weight (stops).
-    events: list[tuple[float, int]] = []
-    for i in active:
-        c = claims[i]
-        rate = c.multiplier * c.weight
-        events.append((c.level / c.weight, rate))
-        events.append((c.cap / c.weight, -rate))
-    events.sort()
     cost = 0.0
     slope = 0
-    lam = events[0][0]
-    for at, delta in events:
+    order = sorted(range(len(points)), key=points.__getitem__)
+    lam = points[order[0]]
+    for k in order:
+        at = points[k]
         step_cost = slope * (at - lam)
         if cost + step_cost >= target:
             lam += (target - cost) / slope
             break
         cost += step_cost
         lam = at
-        slope += delta
+        slope += deltas[k]
     # Round mu down to a dyadic rational; the exact integer state below is the greedy state at mu.
     mu = int(lam * _ONE)
     raised: list[tuple[int, int]] = []
     spent = 0
     for i in active:
         c = claims[i]
-        level = min(c.cap, max(c.level, (mu * c.weight + _ONE - 1) >> _SHIFT))
-        spent += (level - c.level) * c.multiplier
-        raised.append((i, level))
+        level = (mu * c.weight + _ONE - 1) >> _SHIFT
+        if level > c.cap:
+            level = c.cap
+        if level > c.level:
+            spent += (level - c.level) * c.multiplier
+            raised.append((i, level))
     if spent > budget - largest_step:  # float error in lam: skip the jump, the greedy alone is still exact
         return budget
     for i, level in raised:
@@ -112,12 +125,15 @@ def _greedy(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
     heap = [(claims[i].level / claims[i].weight, i) for i in active if claims[i].level < claims[i].cap]
     heapq.heapify(heap)
     while heap:
-        _, i = heapq.heappop(heap)
+        i = heap[0][1]
         c = claims[i]
         if c.multiplier > budget:
-            continue  # excluded for good: the budget never grows
+            heapq.heappop(heap)  # excluded for good: the budget never grows
+            continue
         c.level += 1
         budget -= c.multiplier
         if c.level < c.cap:
-            heapq.heappush(heap, (c.level / c.weight, i))
+            heapq.heapreplace(heap, (c.level / c.weight, i))  # one sift instead of a pop and a push
+        else:
+            heapq.heappop(heap)
     return budget
