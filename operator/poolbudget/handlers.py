@@ -136,53 +136,86 @@ def budget_names(name: str, **_: Any) -> dict[str, bool]:
 # ------------------------------------------------------------------------------------------------ wake-ups
 
 
+def _signature(body: kopf.Body) -> tuple[Any, ...]:
+    """What of a Deployment can change a plan: its spec (generation) and poolbudget's annotations."""
+    annotations = body.metadata.annotations
+    ours = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("poolbudget.io/")))
+    return body.metadata.get("generation"), ours
+
+
 @kopf.on.event("apps", "v1", "deployments")  # type: ignore[arg-type]  # indexes are injected by name
 async def deployment_changed(
-    body: kopf.Body, name: str, memo: Any, budget_names: kopf.Index[str, bool], **_: Any
+    type: str, body: kopf.Body, name: str, memo: Any, budget_names: kopf.Index[str, bool], **_: Any
 ) -> None:
-    """Wake the budgets a Deployment names (now or before); warn once when it names one that does not exist."""
+    """Wake the budgets a Deployment names (now or before) when something that matters changed; warn once when
+    it names a budget that does not exist; release it when its budget is gone without having released it."""
     runtime = _runtime(memo)
+    context = runtime.context
     key = (body.metadata.namespace or "", name)
     annotations = dict(body.metadata.annotations)
     wanted, owner = budget_of(annotations), managed_by(body)
     now = {n for n in (wanted, owner) if n}
-    runtime.context.wake(now | runtime.last_budgets.pop(key, set()))
-    if now:
+    concerned = now | runtime.last_budgets.pop(key, set())
+    if now and type != "DELETED":
         runtime.last_budgets[key] = now
+    signature = _signature(body)
+    changed = type == "DELETED" or runtime.signatures.get(key) != signature
+    runtime.signatures[key] = signature
+    if type == "DELETED":
+        runtime.signatures.pop(key, None)
+    # Status-only updates (the controller rolling pods) matter only to a budget waiting for a rollout; the echo
+    # of our own patch brings nothing new.
+    context.wake(
+        n for n in concerned if (changed and not context.own_echo(n, body)) or context.awaiting_rollouts(n)
+    )
     if wanted is not None and wanted not in budget_names:
         message = f"annotation poolbudget.io/budget names PoolBudget {wanted!r}, which does not exist"
         if runtime.unknown_warned.get(key) != message:
             runtime.unknown_warned[key] = message
-            runtime.context.events.warning(body, "UnknownBudget", message)
+            context.events.warning(body, "UnknownBudget", message)
     else:
         runtime.unknown_warned.pop(key, None)
-    if owner is not None and owner not in budget_names and not body.metadata.get("deletionTimestamp"):
+    if owner is not None and owner not in budget_names and type != "DELETED":
         # Its budget is gone without releasing it (finalizer removed by hand): give it its env back.
-        await reconcile.release_orphan(runtime.context, _plain(body))
+        await reconcile.release_orphan(context, _plain(body))
 
 
 @kopf.on.event("v1", "pods")  # type: ignore[arg-type]  # indexes are injected by name
 def pod_changed(
     body: kopf.Body, memo: Any, deployment_budgets: kopf.Index[tuple[str, str], frozenset[str]], **_: Any
 ) -> None:
+    """Pods matter to a budget only while growth waits for old pods to go."""
     facts = pod_facts(body)
     if facts is not None and facts.key in deployment_budgets:
+        context = _runtime(memo).context
         for names in deployment_budgets[facts.key]:
-            _runtime(memo).context.wake(names)
+            context.wake(n for n in names if context.awaiting_rollouts(n))
 
 
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers")  # type: ignore[arg-type]  # indexes are injected by name
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers")  # type: ignore[arg-type]  # indexes by name
 def hpa_changed(
+    type: str,
     body: kopf.Body,
     spec: kopf.Spec,
     memo: Any,
     deployment_budgets: kopf.Index[tuple[str, str], frozenset[str]],
     **_: Any,
 ) -> None:
-    key = (body.metadata.namespace or "", str((spec.get("scaleTargetRef") or {}).get("name", "")))
+    """An HPA's bounds (or, for sizing by currentReplicas, its replicas) size its Deployment's peak."""
+    runtime = _runtime(memo)
+    namespace = body.metadata.namespace or ""
+    hpa_key = ("hpa/" + namespace, body.metadata.name or "")
+    signature = (body.metadata.get("generation"), (body.get("status") or {}).get("currentReplicas"))
+    if type == "DELETED":
+        runtime.signatures.pop(hpa_key, None)
+    elif runtime.signatures.get(hpa_key) == signature:
+        return
+    else:
+        runtime.signatures[hpa_key] = signature
+    key = (namespace, str((spec.get("scaleTargetRef") or {}).get("name", "")))
     if key in deployment_budgets:
         for names in deployment_budgets[key]:
-            _runtime(memo).context.wake(names)
+            runtime.context.wake(names)
 
 
 @kopf.on.event("v1", "namespaces")  # type: ignore[arg-type]  # indexes are injected by name
@@ -192,8 +225,13 @@ def namespace_changed(memo: Any, budget_names: kopf.Index[str, bool], **_: Any) 
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def budget_changed(name: str, memo: Any, **_: Any) -> None:
-    _runtime(memo).context.wake([name])
+def budget_changed(name: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A new spec wakes the budget's loop; status writes (ours) and kopf's own marks do not."""
+    runtime = _runtime(memo)
+    generation = body.metadata.get("generation")
+    if runtime.budget_generations.get(name) != generation:
+        runtime.budget_generations[name] = generation
+        runtime.context.wake([name])
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -219,6 +257,7 @@ async def budget_loop(
 @kopf.on.delete(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # indexes are injected by name
 async def budget_deleted(
     name: str,
+    uid: str,
     memo: Any,
     budget_deployments: kopf.Index[str, dict[str, Any]],
     hpas_by_target: kopf.Index[tuple[str, str], dict[str, Any]],
@@ -230,7 +269,7 @@ async def budget_deleted(
     runtime = _runtime(memo)
     view = reconcile.View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
     try:
-        await reconcile.release_budget(runtime.context, name, view)
+        await reconcile.release_budget(runtime.context, name, uid, view)
     except KubernetesError as exc:
         raise kopf.TemporaryError(str(exc), delay=1) from None
 

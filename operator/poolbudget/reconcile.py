@@ -128,7 +128,10 @@ class BudgetMemory:
     warned: dict[Key, str] = field(default_factory=dict)  # refusal events posted, by Deployment
     own_writes: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     own_status: tuple[str, dict[str, Any]] | None = None
+    parsed: dict[Key, tuple[str, Deployment | str]] = field(default_factory=dict)  # by resourceVersion
     last_round: float | None = None
+    uid: str | None = None  # the object it belongs to: a budget re-created under the name is another
+    awaiting_rollouts: bool = False  # growth waits for pods to go: pod and rollout events matter
     deleted: bool = False
 
 
@@ -145,15 +148,33 @@ class Context:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     monotonic: Callable[[], float] = time.monotonic
 
-    def memory(self, budget: str) -> BudgetMemory:
-        if budget not in self.memories:
-            self.memories[budget] = BudgetMemory(budget)
-        return self.memories[budget]
+    def memory(self, budget: str, uid: str | None = None) -> BudgetMemory:
+        """The budget's memory; a fresh one when ``uid`` says the budget is a new object under an old name."""
+        memory = self.memories.get(budget)
+        if memory is None or (uid is not None and memory.uid not in (None, uid)):
+            fresh = BudgetMemory(budget, uid=uid)
+            if memory is not None:
+                fresh.wake = memory.wake  # handlers may hold on to the old event: keep waking the same one
+            memory = self.memories[budget] = fresh
+        elif uid is not None:
+            memory.uid = uid
+        return memory
 
     def wake(self, budgets: Iterable[str]) -> None:
         """Wake the loops of these budgets (those that have one)."""
         for name in budgets:
             self.memory(name).wake.set()
+
+    def awaiting_rollouts(self, budget: str) -> bool:
+        """Whether the budget's last round left growth waiting for pods to go (rollout news can unblock it)."""
+        memory = self.memories.get(budget)
+        return memory is not None and memory.awaiting_rollouts
+
+    def own_echo(self, budget: str, deployment: Obj) -> bool:
+        """Whether this Deployment version is the one the budget's own last patch produced (nothing new)."""
+        memory = self.memories.get(budget)
+        own = memory.own_writes.get(_key(deployment)) if memory is not None else None
+        return own is not None and _version(own[1]) == _version(deployment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,13 +354,14 @@ def _invalid_round_updates(message: str) -> list[ConditionUpdate]:
 
 async def reconcile_budget(ctx: Context, body: Obj, view: View) -> RoundResult:
     """One round for one budget. Never raises for what the next round may fix; returns when to run again."""
-    name = str((body.get("metadata") or {}).get("name", ""))
-    memory = ctx.memory(name)
+    metadata = body.get("metadata") or {}
+    name = str(metadata.get("name", ""))
+    memory = ctx.memory(name, metadata.get("uid"))
     started = ctx.monotonic()
     try:
         async with memory.lock:
-            if memory.deleted:
-                return RoundResult(None)
+            if memory.deleted or metadata.get("deletionTimestamp"):
+                return RoundResult(None)  # being deleted: release_budget gives the Deployments back
             return await _round(ctx, memory, body, view)
     finally:
         memory.last_round = ctx.monotonic()
@@ -392,18 +414,20 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
             continue
         if owner not in (None, name):
             continue  # another budget still has its settings in there: it releases it first, then we take it
-        try:
-            candidates.append(Deployment.model_validate(dict(deployment)))
-            raw[key] = deployment
-        except ValidationError as exc:
-            refusals.append(Refusal(*key, format_validation_error(exc)))
-            raw[key] = deployment
-    hpas = [
-        HorizontalPodAutoscaler.model_validate(dict(h))
-        for d in candidates
-        for h in view.hpas_of(d.key)
-        if _parses(HorizontalPodAutoscaler, h)
-    ]
+        raw[key] = deployment
+        parsed = _parsed(memory, deployment)
+        if isinstance(parsed, Deployment):
+            candidates.append(parsed)
+        else:
+            refusals.append(Refusal(*key, parsed))
+    memory.parsed = {key: memory.parsed[key] for key in raw if key in memory.parsed}
+    hpas = []
+    for d in candidates:
+        for h in view.hpas_of(d.key):
+            try:
+                hpas.append(HorizontalPodAutoscaler.model_validate(dict(h)))
+            except ValidationError:
+                continue  # not an HPA we can read: the Deployment is sized by its replicas
     application_names = {managed_application_name(*d.key) for d in candidates}
     limits_view = await read_limits(ctx, memory, budget, application_names)
 
@@ -533,6 +557,7 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
     )
     writes += await _write_status(ctx, memory, body, status)
     ctx.metrics.record_plan(name, plan, observed)
+    memory.awaiting_rollouts = any(wait in (Wait.SHRINKS_IN_FLIGHT, Wait.NO_ROOM) for wait in waits.values())
 
     # When to look again without a wake-up: the limits' refresh, or when held-back growth may roll.
     next_round: float | None = float(spec.database.refresh_seconds)
@@ -546,12 +571,19 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
 _NO_CONDITION = ConditionUpdate(READY, "Unknown", "")
 
 
-def _parses(model: Any, obj: Obj) -> bool:
+def _parsed(memory: BudgetMemory, deployment: Obj) -> Deployment | str:
+    """The Deployment validated into the model (or what is wrong with it), once per version of it."""
+    key, version = _key(deployment), _version(deployment)
+    cached = memory.parsed.get(key)
+    if cached is not None and cached[0] == version and version:
+        return cached[1]
+    result: Deployment | str
     try:
-        model.model_validate(dict(obj))
-    except ValidationError:
-        return False
-    return True
+        result = Deployment.model_validate(dict(deployment))
+    except ValidationError as exc:
+        result = format_validation_error(exc)
+    memory.parsed[key] = (version, result)
+    return result
 
 
 def _sooner(*delays: float | None) -> float | None:
@@ -659,12 +691,12 @@ async def _release(
     return RoundResult(retry, writes)
 
 
-async def release_budget(ctx: Context, name: str, view: View) -> int:
+async def release_budget(ctx: Context, name: str, uid: str | None, view: View) -> int:
     """The budget is being deleted: stop its loop and restore every Deployment it manages.
 
     Raises KubernetesError when a Deployment could not be restored (kopf retries the deletion handler).
     """
-    memory = ctx.memory(name)
+    memory = ctx.memory(name, uid)
     async with memory.lock:
         memory.deleted = True
         owned = [d for d in (latest(memory, d) for d in view.deployments_of(name)) if managed_by(d) == name]
@@ -672,7 +704,6 @@ async def release_budget(ctx: Context, name: str, view: View) -> int:
     if result.next_round_in is not None:
         raise KubernetesError(f"PoolBudget {name}: some Deployments could not be restored yet")
     ctx.metrics.forget_budget(name)
-    ctx.memories.pop(name, None)
     return result.writes
 
 
@@ -766,7 +797,7 @@ async def run_budget_loop(
 ) -> None:
     """Run rounds for one budget until cancelled: at once, then on each wake-up (after the debounce window,
     so a burst makes one plan) or when the previous round asked to be run again."""
-    memory = ctx.memory(name)
+    memory = ctx.memory(name, (current_body().get("metadata") or {}).get("uid"))
     delay: float | None = 0.0
     while True:
         woken = delay == 0.0

@@ -52,6 +52,8 @@ class Runtime:
     priority: int
     last_budgets: dict[Key, set[str]] = field(default_factory=dict)  # budgets each Deployment named last
     unknown_warned: dict[Key, str] = field(default_factory=dict)
+    signatures: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # what of each Deployment was seen
+    budget_generations: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         self.cluster.close()
