@@ -206,6 +206,14 @@ def test_removing_the_annotation_restores_the_deployment_byte_for_byte(
         originals["a"], sort_keys=True
     )
     assert not [k for k in restored["metadata"].get("annotations", {}) if k.startswith("poolbudget.io/")]
+    # kopf only observed the Deployments: no finalizer, no progress or diff-base annotation on them, ever.
+    kopf_marks = [
+        r.seq
+        for r in cluster.writes(plural="deployments")
+        if r.object["metadata"].get("finalizers")
+        or any("kopf" in k or "last-handled" in k for k in r.object["metadata"].get("annotations") or {})
+    ]
+    assert kopf_marks == []
     wait_until(
         lambda: (
             budget_status(cluster).get("deploymentCount") == 2

@@ -444,6 +444,7 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
             limits_view.condition,
             ConditionUpdate(INVALID, "False", Reason.VALID),
         ]
+        _warn_transitions(ctx, body, previous.conditions, updates)
         writes += await _write_status(
             ctx,
             memory,

@@ -1,0 +1,146 @@
+"""One reconcile round, with the Kubernetes calls answered in memory (no cluster, no emulator): what a round
+writes, and what it does not, in the cases the emulator tests do not reach cheaply."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from poolbudget import reconcile
+from poolbudget.adapters.kubernetes import NotFound, SecretError
+from poolbudget.metrics import OperatorMetrics
+from poolbudget.observe import PodFacts
+from tests.emulator.defaults import default_deployment
+from tests.emulator.patching import strategic_merge_patch
+from tests.operator_harness import budget_manifest, deployment_manifest
+
+
+class FakeCluster:
+    """Answers the operator's calls as the API server would, keeping the objects in memory."""
+
+    def __init__(self, deployments: list[dict[str, Any]], budget: dict[str, Any]) -> None:
+        self.deployments = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in deployments}
+        self.budget = budget
+        self.calls: list[tuple[str, str]] = []
+        self.secrets: dict[tuple[str, str], str] = {}
+
+    async def patch_deployment(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        self.calls.append(("deployment", name))
+        current = self.deployments.get((namespace, name))
+        if current is None:
+            raise NotFound(f"Deployment {namespace}/{name} not found", 404)
+        body = {k: v for k, v in patch.items() if k != "metadata"}
+        metadata = {k: v for k, v in (patch.get("metadata") or {}).items() if k != "resourceVersion"}
+        updated = strategic_merge_patch(current, body)
+        updated["metadata"] = strategic_merge_patch(
+            {"metadata": current["metadata"]}, {"metadata": metadata}
+        )["metadata"]
+        updated["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 100)
+        self.deployments[(namespace, name)] = updated
+        return copy.deepcopy(updated)
+
+    async def patch_budget_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        self.calls.append(("status", name))
+        merged = {**(self.budget.get("status") or {}), **status}
+        self.budget["status"] = {k: v for k, v in merged.items() if v is not None}
+        return self.budget
+
+    async def read_secret_value(self, namespace: str, name: str, key: str) -> str:
+        if (namespace, name) not in self.secrets:
+            raise SecretError(f"Secret {namespace}/{name} not found", 404)
+        return self.secrets[(namespace, name)]
+
+
+class Events:
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str, str]] = []
+
+    def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        self.posted.append(("Normal", reason, message))
+
+    def warning(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        self.posted.append(("Warning", reason, message))
+
+
+def stored(manifest: dict[str, Any], version: int) -> dict[str, Any]:
+    obj = copy.deepcopy(manifest)
+    if obj["kind"] == "Deployment":
+        default_deployment(obj)
+        replicas = obj["spec"]["replicas"]
+        obj["status"] = {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas}
+    obj["metadata"].update(resourceVersion=str(version), generation=1, uid=f"uid-{version}")
+    return obj
+
+
+def world(**spec: Any) -> tuple[FakeCluster, reconcile.Context, Events]:
+    budget = stored(budget_manifest(max_connections=60, **spec), 1)
+    deployments = [stored(deployment_manifest(n), i + 2) for i, n in enumerate("ab")]
+    cluster = FakeCluster(deployments, budget)
+    events = Events()
+    context = reconcile.Context(
+        cluster=cluster, events=events, metrics=OperatorMetrics(), operator_namespace="poolbudget"
+    )
+    return cluster, context, events
+
+
+def view(cluster: FakeCluster, pods: dict[tuple[str, str], list[PodFacts]] | None = None) -> reconcile.View:
+    return reconcile.View({"main": list(cluster.deployments.values())}, {}, pods or {}, {})
+
+
+def run(context: reconcile.Context, cluster: FakeCluster) -> reconcile.RoundResult:
+    return asyncio.run(reconcile.reconcile_budget(context, cluster.budget, view(cluster)))
+
+
+def test_a_second_round_over_the_same_objects_writes_nothing() -> None:
+    cluster, context, _ = world()
+    first = run(context, cluster)
+    assert first.writes == 3  # two Deployments and the status
+    cluster.calls.clear()
+    assert run(context, cluster).writes == 0
+    assert cluster.calls == []
+
+
+def test_a_missing_secret_without_a_fallback_plans_nothing_and_says_why() -> None:
+    cluster, context, events = world(database={"connectionSecretRef": {"name": "db"}})
+    result = run(context, cluster)
+    assert [c for c in cluster.calls if c[0] == "deployment"] == []
+    conditions = {c["type"]: c for c in cluster.budget["status"]["conditions"]}
+    assert conditions["DatabaseReachable"]["status"] == "False"
+    assert conditions["DatabaseReachable"]["reason"] == "SecretUnavailable"
+    assert (
+        "Secret poolbudget/db not found" in conditions["DatabaseReachable"]["message"]
+    )  # operator's namespace
+    assert conditions["Ready"]["reason"] == "LimitsUnknown"
+    assert ("Warning", "DatabaseUnreachable") in [(t, r) for t, r, _ in events.posted]
+    assert result.next_round_in is not None
+
+
+def test_demand_mode_falls_back_to_weights_and_says_so() -> None:
+    cluster, context, _ = world(rebalance={"mode": "demand"}, metrics={"prometheusUrl": "http://127.0.0.1:1"})
+    run(context, cluster)
+    conditions = {c["type"]: c for c in cluster.budget["status"]["conditions"]}
+    # Nothing listens on port 1: no demand can be measured.
+    assert conditions["MetricsAvailable"]["status"] == "False"
+    assert "static weights" in conditions["MetricsAvailable"]["message"]
+    assert {name for kind, name in cluster.calls if kind == "deployment"} == {"a", "b"}
+
+
+def test_an_invalid_budget_touches_no_deployment() -> None:
+    cluster, context, events = world(defaults={"minConnectionsPerProcess": 9, "maxConnectionsPerProcess": 3})
+    run(context, cluster)
+    assert cluster.calls == [("status", "main")]
+    invalid = next(c for c in cluster.budget["status"]["conditions"] if c["type"] == "Invalid")
+    assert invalid["status"] == "True"
+    assert "spec.defaults" in invalid["message"]
+    assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in events.posted]
+
+
+def test_a_deployment_deleted_meanwhile_is_skipped() -> None:
+    cluster, context, _ = world()
+    snapshot = view(cluster)
+    del cluster.deployments[("default", "a")]
+    result = asyncio.run(reconcile.reconcile_budget(context, cluster.budget, snapshot))
+    assert ("deployment", "b") in cluster.calls
+    assert result.writes == 2
