@@ -108,19 +108,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             namespace, name = names[(event * 7) % len(names)]
             replicas[(namespace, name)] += 1
             mark = cluster.mark()
-            cluster.patch("apps/v1", "deployments", name, {"spec": {"replicas": replicas[(namespace, name)]}}, namespace)
+            cluster.patch(
+                "apps/v1", "deployments", name, {"spec": {"replicas": replicas[(namespace, name)]}}, namespace
+            )
             scaled_at = cluster.history[mark].timestamp
 
             def planned(ns: str = namespace, n: str = name) -> bool:
                 allocation = next(
-                    (a for a in budget_status(cluster).get("allocations") or [] if (a["namespace"], a["name"]) == (ns, n)),
+                    (
+                        a
+                        for a in budget_status(cluster).get("allocations") or []
+                        if (a["namespace"], a["name"]) == (ns, n)
+                    ),
                     None,
                 )
                 # peak pods = replicas + 25% surge (rounded up)
-                return allocation is not None and allocation["pods"] == replicas[(ns, n)] + -(-replicas[(ns, n)] // 4)
+                return allocation is not None and allocation["pods"] == replicas[(ns, n)] + -(
+                    -replicas[(ns, n)] // 4
+                )
 
             wait_until(planned, timeout=30, interval=0.05, message=f"event {event}: the new replicas planned")
-            wait_until(lambda: quiet(cluster, 1.5), timeout=60, interval=0.1, message=f"event {event}: settled")
+            wait_until(
+                lambda: quiet(cluster, 1.5), timeout=60, interval=0.1, message=f"event {event}: settled"
+            )
             writes = cluster.writes(since=mark, changed_only=True)
             mine = [r for r in writes if r.actor.startswith(OPERATOR_ACTOR)]
             patches = [r for r in mine if r.plural == "deployments"]
@@ -163,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary, "events": [asdict(r) for r in results]}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"summary": summary, "events": [asdict(r) for r in results]}, indent=2)
+        )
     return 0
 
 
