@@ -223,6 +223,19 @@ def test_removing_the_annotation_restores_the_deployment_byte_for_byte(
         message="a's share going to b and c",
     )
 
+    assert (
+        operator.metric(
+            "poolbudget_deployment_allocated_connections", budget="main", namespace="default", deployment="a"
+        )
+        is None
+    )  # a's series are gone
+    assert (
+        operator.metric(
+            "poolbudget_deployment_allocated_connections", budget="main", namespace="default", deployment="b"
+        )
+        == budget_status(cluster)["allocations"][0]["connections"]
+    )
+
     cluster.kubectl("delete", "pb", "main", "--wait=false")
     wait_until(
         lambda: all(deployment(cluster, n)["spec"]["template"] == originals[n] for n in "bc"),
@@ -230,6 +243,7 @@ def test_removing_the_annotation_restores_the_deployment_byte_for_byte(
         message="b and c restored when the budget is deleted",
     )
     wait_until(lambda: cluster.get("poolbudget.io/v1alpha1", "poolbudgets", "main") is None, timeout=10)
+    assert operator.metric("poolbudget_available_connections", budget="main") is None
     released = [e for e in events_about(cluster, "Deployment", "b") if e.get("reason") == "Released"]
     assert released, "b was told it was released"
 
@@ -282,6 +296,9 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(
         ),
         deployment_manifest("outside", "elsewhere", budget="strict"),
         deployment_manifest("victim", budget="broken"),
+        deployment_manifest(
+            "typo", "allowed", budget="strict", annotations={"poolbudget.io/processes": "lots"}
+        ),
     )
 
     wait_until(lambda: condition(cluster, "Invalid", "broken").get("status") == "True", timeout=10)
@@ -296,6 +313,7 @@ def test_bad_input_gets_a_clear_message_and_changes_nothing(
     assert "nosuch" in wait_until(lambda: warned("orphan", "UnknownBudget"), timeout=10)
     assert "unknown profile 'cobol'" in wait_until(lambda: warned("odd", "Refused"), timeout=10)
     assert "'elsewhere' is not selected" in wait_until(lambda: warned("outside", "Refused"), timeout=10)
+    assert "annotation poolbudget.io/processes" in wait_until(lambda: warned("typo", "Refused"), timeout=10)
     wait_until(lambda: budget_status(cluster, "strict").get("deploymentCount") == 0, timeout=10)
     time.sleep(1.5)  # a debounce window and a round more: still nothing touched
     assert _no_deployment_patches(cluster, mark) == []
