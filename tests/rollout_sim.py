@@ -31,7 +31,7 @@ Deployments it does not manage (not yet opted in, or deleted and still terminati
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -52,7 +52,8 @@ Strategy = Literal["RollingUpdate", "Recreate"]
 # and all a cluster without the gate does) replaces a pod as soon as its deletion starts;
 # TerminationComplete counts terminating pods against replicas + maxSurge until they are gone.
 ReplacementPolicy = Literal["TerminationStarted", "TerminationComplete"]
-Ordering = Callable[[Sequence[Transition], int], Steps]
+# An ordering sees the transitions, `available`, and how many replicas (no surge) each Deployment is sized for.
+Ordering = Callable[[Sequence[Transition], int, Mapping[Key, int]], Steps]
 
 
 # ------------------------------------------------------------------------------------------- the orderings
@@ -61,18 +62,49 @@ Ordering = Callable[[Sequence[Transition], int], Steps]
 def real_ordering(hysteresis: Hysteresis | None = None) -> Ordering:
     """The operator's rule: ``planning.transitions.order_changes``."""
 
-    def order(transitions: Sequence[Transition], available: int) -> Steps:
+    def order(transitions: Sequence[Transition], available: int, replicas: Mapping[Key, int]) -> Steps:
+        del replicas
         return order_changes(transitions, available, hysteresis=hysteresis)
 
     return order
 
 
-def naive_ordering(transitions: Sequence[Transition], available: int) -> Steps:
+def naive_ordering(transitions: Sequence[Transition], available: int, replicas: Mapping[Key, int]) -> Steps:
     """Every change at once, grow and shrink alike: what a controller without an ordering would do."""
-    del available
+    del available, replicas
     shrink = tuple(t.key for t in transitions if t.target_per_pod < t.current_per_pod)
     grow = tuple(t.key for t in transitions if t.target_per_pod > t.current_per_pod)
     return Steps(shrink, grow, ())
+
+
+def overlap_ordering(hysteresis: Hysteresis | None = None) -> Ordering:
+    """A proposed fix (not the operator's rule), for pods that hold their connections while terminating.
+
+    Under TerminationStarted a rolling update may run every new pod while every pod that exists now still
+    holds its connections. Two changes to ``order_changes``, expressed here through it:
+
+    - a rolling grow needs room for ``replicas x target`` on top of the observed footprint (every new pod
+      on top of every old one), not ``peak_pods x (target - current)``: it is shown to ``order_changes``
+      with a current per-pod of 0 and ``replicas`` pods; Recreate waits for its old pods, so it is unchanged;
+    - one rollout at a time per Deployment: a shrink of a Deployment whose last rollout has not settled
+      waits (shown as no change, which still holds every grow back), unless the footprint is already over
+      ``available`` (then shrinking is the way back).
+
+    It needs the planner to size rolling Deployments for the overlap too (``Scenario.overlap_sizing``).
+    """
+
+    def order(transitions: Sequence[Transition], available: int, replicas: Mapping[Key, int]) -> Steps:
+        over = sum(t.observed for t in transitions) > available
+        shown = []
+        for t in transitions:
+            if t.target_per_pod > t.current_per_pod and t.key in replicas:
+                t = replace(t, current_per_pod=0, peak_pods=replicas[t.key])
+            elif t.target_per_pod < t.current_per_pod and not t.settled and not over:
+                t = replace(t, target_per_pod=t.current_per_pod)
+            shown.append(t)
+        return order_changes(shown, available, hysteresis=hysteresis)
+
+    return order
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -248,6 +280,9 @@ class Scenario:
     start_delay: int = 1
     termination_delay: int = 0
     policy: ReplacementPolicy = "TerminationStarted"
+    # The planner sizes RollingUpdate Deployments for replicas + max(maxSurge, replicas) pods: room for a
+    # rollout's new pods while every old one terminates (a proposed sizing, shown to the planner only).
+    overlap_sizing: bool = False
     horizon: int = 200
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
 
@@ -395,7 +430,11 @@ class Cluster:
         }
         strategy: dict[str, Any] = {"type": s.strategy}
         if s.strategy == "RollingUpdate":
-            strategy["rollingUpdate"] = {"maxSurge": s.max_surge, "maxUnavailable": s.max_unavailable}
+            surge = s.max_surge
+            if self.scenario.overlap_sizing:
+                sized = s.hpa[1] if s.hpa else d.replicas
+                surge = surge if _resolve(surge, sized, round_up=True) >= sized else "100%"
+            strategy["rollingUpdate"] = {"maxSurge": surge, "maxUnavailable": s.max_unavailable}
         model = DeploymentModel.model_validate(
             {
                 "metadata": {"name": s.name, "namespace": NAMESPACE, "annotations": annotations},
@@ -471,7 +510,13 @@ class Cluster:
         """One operator round: plan, order, change the templates the ordering lets change now."""
         outcome = self.plan()
         moves = self.transitions(outcome)
-        steps = self.ordering(moves, outcome.plan.available)
+        # Replicas each rolling Deployment is sized for, without surge: all of its new pods (see overlap_ordering).
+        replicas = {
+            d.key: d.shape.hpa[1] if d.shape.hpa else d.replicas
+            for d in self.managed()
+            if d.shape.strategy == "RollingUpdate"
+        }
+        steps = self.ordering(moves, outcome.plan.available, replicas)
         levels = {a.workload.key: a.per_process for a in outcome.plan.allocations}
         by_key = {t.key: t for t in moves}
         if steps.grow and self.footprint() > self.available:

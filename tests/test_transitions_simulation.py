@@ -10,15 +10,19 @@ What it shows:
 
 - pods that let go of their connections when their deletion starts: the operator's ordering keeps the
   footprint within ``available`` on every trace of events the plan sizes for, and reaches the plan;
+- the same with pods that hold their connections while terminating, when the Deployments use
+  ``podReplacementPolicy: TerminationComplete`` (terminating pods count against maxSurge);
 - the naive ordering (every change at once) passes ``available``: on an explicit trace and on random ones;
-- pods that keep their connections while they terminate (a graceful shutdown): Kubernetes' Deployment
-  controller does not count terminating pods against ``maxSurge`` (unless ``podReplacementPolicy:
-  TerminationComplete``), so a rollout can hold every old pod *and* every new one at once. The ordering
-  rule does not account for that and lets the footprint pass ``available``: see
-  ``test_slow_termination_*`` (expected failures, strict: they flip the day the rule is fixed);
-  with ``TerminationComplete`` the same traces stay within ``available``;
+- **counterexample**: pods that hold their connections while terminating under ``TerminationStarted`` (the
+  Kubernetes default): the controller starts a rollout's new pods while the old ones still terminate, so a
+  rollout can hold every old pod *and* every new one. ``order_changes`` counts growth as
+  ``peak_pods x (target - current)`` and the planner sizes ``replicas + maxSurge`` pods, so the footprint
+  passes ``available`` (``test_slow_termination_*``: strict expected failures, they flip when it is fixed);
+  the proposed fix (``overlap_ordering`` with overlap sizing) keeps those traces within ``available``;
+- **counterexample**: a running Deployment that opts in above its planned size shrinks by a rolling update
+  whose surge pods nobody reserved (``test_opting_in_above_the_plan_*``, strict expected failure);
 - ``kubectl scale`` beyond the plan is outside the operator's control: it never grows anyone while the
-  footprint is over, and brings the footprint back within ``available``.
+  footprint is over, its rollouts add only the surge pods of its shrinks, and the footprint comes back.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from tests.rollout_sim import (
     Shape,
     describe,
     naive_ordering,
+    overlap_ordering,
     simulate,
 )
 
@@ -86,10 +91,14 @@ def shapes(draw: st.DrawFn, index: int, joiners_at_minimum: bool = True) -> Shap
     )
 
 
-def minimum_need(shape: Shape) -> int:
+def minimum_need(shape: Shape, overlap_sizing: bool = False) -> int:
     """Connections the shape needs at its minimum, sized as the planner sizes it (peak pods)."""
     hpa_max = shape.hpa[1] if shape.hpa else None
-    pods, _ = peak_pods(shape.replicas, shape.strategy, shape.max_surge, hpa_max)
+    sized = hpa_max or shape.replicas
+    surge = shape.max_surge
+    if overlap_sizing and peak_pods(sized, shape.strategy, surge)[0] < 2 * sized:
+        surge = "100%"
+    pods, _ = peak_pods(shape.replicas, shape.strategy, surge, hpa_max)
     return pods * shape.processes * shape.pools * shape.min_per_process
 
 
@@ -107,6 +116,7 @@ def scenarios(
     external_scale_up: bool = False,
     hysteresis: bool = True,
     joiners_at_minimum: bool = True,
+    overlap_sizing: bool = False,
 ) -> Scenario:
     """A database sized so every minimum fits (the plan is feasible), Deployments and a trace of events."""
     count = draw(st.integers(1, 4))
@@ -114,8 +124,8 @@ def scenarios(
     managed = [s for s in deployment_shapes if s.managed]
     joiners = [s for s in deployment_shapes if not s.managed]
     need = max(
-        sum(minimum_need(s) for s in deployment_shapes),
-        sum(minimum_need(s) for s in managed) + sum(own_footprint(s) for s in joiners),
+        sum(minimum_need(s, overlap_sizing) for s in deployment_shapes),
+        sum(minimum_need(s, overlap_sizing) for s in managed) + sum(own_footprint(s) for s in joiners),
     )
     max_connections = max(1, need + draw(st.integers(0, 60)))
 
@@ -156,6 +166,7 @@ def scenarios(
         start_delay=draw(st.integers(1, 3)),
         termination_delay=draw(termination_delay),
         policy=policy,
+        overlap_sizing=overlap_sizing,
         hysteresis=rule,
     )
 
@@ -271,16 +282,75 @@ def test_slow_termination_scale_down_then_grow_stays_within_available() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=SLOW_TERMINATION_BUG)
-@settings(
-    max_examples=200,
-    deadline=None,
-    phases=[Phase.explicit, Phase.generate],  # the minimal counterexample is pinned above: no shrinking
-    suppress_health_check=[HealthCheck.too_slow],
+def test_slow_termination_random_traces_stay_within_available() -> None:
+    breaking: list[Scenario] = []
+
+    # Collected rather than raised: the report says how many traces break, not only the first.
+    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(scenarios(termination_delay=SLOWLY))
+    def run(scenario: Scenario) -> None:
+        if simulate(scenario).breaches:
+            breaking.append(scenario)
+
+    run()
+    first = breaking[0] if breaking else None
+    assert first is None, f"{len(breaking)} of 200 traces pass available; the first:\n" + describe(
+        first, simulate(first)
+    )
+
+
+def opting_in_above_the_plan() -> Scenario:
+    """A running Deployment (2 pods at 10) fills a 20-connection database, then opts in.
+
+    The plan: 2 + 1 surge = 3 pods x 6 = 18. Shrinking is always allowed, and the rolling update starts its
+    surge pod at 6 before an old pod goes: 10 + 10 + 6 = 26 > 20. The unmanaged footprint it had was counted,
+    its surge was not; no ordering can help (the only room is the one it holds).
+    """
+    return Scenario(
+        max_connections=20,
+        shapes=(Shape("a", replicas=2, min_per_process=2, managed=False, own_level=10),),
+        events=(Event(1, "join", "a"),),
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="opting in a running Deployment above its planned size: the surge pods of its first (shrinking) "
+    "rollout are not reserved; needs unmanaged.margin >= surge x per-pod, or maxSurge 0 for that rollout",
 )
-@given(scenarios(termination_delay=SLOWLY))
-def test_slow_termination_random_traces_stay_within_available(scenario: Scenario) -> None:
+def test_opting_in_above_the_plan_stays_within_available() -> None:
+    scenario = opting_in_above_the_plan()
     outcome = simulate(scenario)
     assert not outcome.breaches, describe(scenario, outcome)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    scenarios(
+        termination_delay=SLOWLY,
+        kinds=("hpa", "scale", "demand", "weight", "join", "leave"),
+        overlap_sizing=True,
+        hysteresis=False,
+    )
+)
+def test_proposed_fix_keeps_slow_termination_within_available(scenario: Scenario) -> None:
+    """The proposal: size rolling Deployments for replicas + max(maxSurge, replicas) pods, count a grow as
+    every new pod on top of every existing one, one rollout at a time per Deployment (``overlap_ordering``).
+
+    Users' own rollouts are left out: two template changes within one termination period keep three
+    revisions of pods alive, which no ordering of the operator's changes can prevent.
+    """
+    outcome = simulate(scenario, overlap_ordering())
+    target(outcome.peak / scenario.max_connections)
+    assert not outcome.breaches, describe(scenario, outcome)
+    assert outcome.converged_at is not None, "the plan was never reached\n" + describe(scenario, outcome)
+
+
+def test_proposed_fix_on_the_minimal_counterexample() -> None:
+    scenario = replace(scale_down_then_grow(), overlap_sizing=True)
+    outcome = simulate(scenario, overlap_ordering())
+    assert not outcome.breaches, describe(scenario, outcome)
+    assert outcome.converged_at is not None
 
 
 # ------------------------------------------------------------------------------ outside the operator
