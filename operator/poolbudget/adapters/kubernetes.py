@@ -9,6 +9,16 @@ The calls, for RBAC (the Helm chart grants exactly these, plus kopf's):
 - ``patch`` ``poolbudget.io/v1alpha1`` ``poolbudgets/status`` (merge patch);
 - ``get`` ``v1`` ``secrets`` (the database URL named by ``spec.database.connectionSecretRef``);
 - ``get``, ``create`` ``kopf.dev/v1`` ``clusterkopfpeerings`` (the peering object, once at startup).
+
+What kopf itself calls for ``handlers.py`` (the chart grants these too):
+
+- ``list``, ``watch``: ``poolbudget.io`` ``poolbudgets``; ``apps`` ``deployments``; ``v1`` ``pods``,
+  ``namespaces``; ``autoscaling`` ``horizontalpodautoscalers`` (v2); ``apiextensions.k8s.io``
+  ``customresourcedefinitions`` (kopf's resource discovery);
+- ``patch`` ``poolbudgets`` (its finalizer and its ``poolbudget.io/*`` progress annotations, on PoolBudgets only);
+- ``create`` ``v1`` ``events`` (and ``events.k8s.io`` ``events``), in every watched namespace and ``default``
+  (Events about PoolBudgets, which are cluster-scoped);
+- ``list``, ``watch``, ``patch`` ``kopf.dev`` ``clusterkopfpeerings`` (peering, unless ``--standalone``).
 """
 
 from __future__ import annotations
