@@ -16,8 +16,8 @@ What kopf itself calls for ``handlers.py`` (the chart grants these too):
   ``namespaces``; ``autoscaling`` ``horizontalpodautoscalers`` (v2); ``apiextensions.k8s.io``
   ``customresourcedefinitions`` (kopf's resource discovery);
 - ``patch`` ``poolbudgets`` (its finalizer and its ``poolbudget.io/*`` progress annotations, on PoolBudgets only);
-- ``create`` ``v1`` ``events`` (and ``events.k8s.io`` ``events``), in every watched namespace and ``default``
-  (Events about PoolBudgets, which are cluster-scoped);
+- ``create`` ``v1`` ``events``, in every watched namespace and in ``default`` (Events about PoolBudgets, which
+  are cluster-scoped);
 - ``list``, ``watch``, ``patch`` ``kopf.dev`` ``clusterkopfpeerings`` (peering, unless ``--standalone``).
 """
 
