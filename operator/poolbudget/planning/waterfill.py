@@ -124,7 +124,9 @@ def _jump(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
 def _greedy(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
     heap = [(claims[i].level / claims[i].weight, i) for i in active if claims[i].level < claims[i].cap]
     heapq.heapify(heap)
-    while heap:
+    # Once no step fits any more (typically the budget is spent to 0), stop instead of popping every claim.
+    smallest = min((claims[i].multiplier for _, i in heap), default=0)
+    while heap and budget >= smallest:
         i = heap[0][1]
         c = claims[i]
         if c.multiplier > budget:
