@@ -24,6 +24,10 @@ from poolbudget.runner import Runtime
 
 logger = logging.getLogger(__name__)
 
+# The operator's own registry: importing this module (e.g. a test that reads the handlers) registers nothing
+# in kopf's default registry, which other kopf operators in the same process would pick up.
+registry = kopf.OperatorRegistry()
+
 FINALIZER = "poolbudget.io/finalizer"
 PEERING_NAME = "poolbudget"
 WATCH_SERVER_TIMEOUT = 300  # seconds a watch stays open before the server is asked for a fresh one
@@ -46,7 +50,7 @@ def _plain(obj: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@kopf.on.startup()
+@kopf.on.startup(registry=registry)
 async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Timeouts, storages that leave users' objects alone, events at WARNING+ only, peering."""
     runtime = _runtime(memo)
@@ -78,7 +82,16 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
         )
 
 
-@kopf.on.cleanup()
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The pod's service account in a cluster, else the kubeconfig (``KUBECONFIG``), as ``kubectl`` would.
+
+    A registry of our own gets none of kopf's default login handlers, hence this one.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.cleanup(registry=registry)
 async def close(memo: Any, **_: Any) -> None:
     _runtime(memo).close()
 
@@ -86,7 +99,7 @@ async def close(memo: Any, **_: Any) -> None:
 # ------------------------------------------------------------------------------------------------ indexes
 
 
-@kopf.index("apps", "v1", "deployments")
+@kopf.index("apps", "v1", "deployments", registry=registry)
 def budget_deployments(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """Deployments by the budget they opted into, and by the budget whose settings they still carry."""
     annotations = body.metadata.annotations
@@ -97,7 +110,7 @@ def budget_deployments(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {str(name): snapshot for name in names}
 
 
-@kopf.index("apps", "v1", "deployments")
+@kopf.index("apps", "v1", "deployments", registry=registry)
 def deployment_budgets(body: kopf.Body, name: str, **_: Any) -> dict[tuple[str, str], frozenset[str]]:
     """For pods and HPAs: which budgets care about a Deployment."""
     annotations = body.metadata.annotations
@@ -105,7 +118,7 @@ def deployment_budgets(body: kopf.Body, name: str, **_: Any) -> dict[tuple[str, 
     return {(body.metadata.namespace or "", name): names} if names else {}
 
 
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", registry=registry)
 def hpas_by_target(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """HPAs by the Deployment they scale."""
     ref = spec.get("scaleTargetRef") or {}
@@ -114,20 +127,20 @@ def hpas_by_target(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[tuple[str
     return {(body.metadata.namespace or "", str(ref["name"])): _plain(body)}
 
 
-@kopf.index("v1", "pods")
+@kopf.index("v1", "pods", registry=registry)
 def pods_by_deployment(body: kopf.Body, **_: Any) -> dict[tuple[str, str], PodFacts]:
     """Pods of Deployments (through their ReplicaSet), with the connections they carry; terminating ones too."""
     facts = pod_facts(body)
     return {facts.key: facts} if facts is not None else {}
 
 
-@kopf.index("v1", "namespaces")
+@kopf.index("v1", "namespaces", registry=registry)
 def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     """Namespace labels, for spec.namespaceSelector."""
     return {name: {"kubernetes.io/metadata.name": name, **dict(labels)}}
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
+@kopf.index(GROUP, VERSION, PLURAL, registry=registry)
 def budget_names(name: str, **_: Any) -> dict[str, bool]:
     """Which budgets exist (for Deployments naming one that does not)."""
     return {name: True}
@@ -143,7 +156,7 @@ def _signature(body: kopf.Body) -> tuple[Any, ...]:
     return body.metadata.get("generation"), ours
 
 
-@kopf.on.event("apps", "v1", "deployments")  # type: ignore[arg-type]  # indexes are injected by name
+@kopf.on.event("apps", "v1", "deployments", registry=registry)  # type: ignore[arg-type]  # indexes by name
 async def deployment_changed(
     type: str, body: kopf.Body, name: str, memo: Any, budget_names: kopf.Index[str, bool], **_: Any
 ) -> None:
@@ -180,7 +193,7 @@ async def deployment_changed(
         await reconcile.release_orphan(context, _plain(body))
 
 
-@kopf.on.event("v1", "pods")  # type: ignore[arg-type]  # indexes are injected by name
+@kopf.on.event("v1", "pods", registry=registry)  # type: ignore[arg-type]  # indexes by name
 def pod_changed(
     body: kopf.Body, memo: Any, deployment_budgets: kopf.Index[tuple[str, str], frozenset[str]], **_: Any
 ) -> None:
@@ -192,7 +205,7 @@ def pod_changed(
             context.wake(n for n in names if context.awaiting_rollouts(n))
 
 
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers")  # type: ignore[arg-type]  # indexes by name
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", registry=registry)  # type: ignore[arg-type]  # indexes by name
 def hpa_changed(
     type: str,
     body: kopf.Body,
@@ -218,13 +231,13 @@ def hpa_changed(
             runtime.context.wake(names)
 
 
-@kopf.on.event("v1", "namespaces")  # type: ignore[arg-type]  # indexes are injected by name
+@kopf.on.event("v1", "namespaces", registry=registry)  # type: ignore[arg-type]  # indexes by name
 def namespace_changed(memo: Any, budget_names: kopf.Index[str, bool], **_: Any) -> None:
     # Rare: wake every budget (a namespaceSelector may now match differently).
     _runtime(memo).context.wake(list(budget_names))
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
 def budget_changed(name: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     """A new spec wakes the budget's loop; status writes (ours) and kopf's own marks do not."""
     runtime = _runtime(memo)
@@ -237,7 +250,7 @@ def budget_changed(name: str, body: kopf.Body, memo: Any, **_: Any) -> None:
 # ------------------------------------------------------------------------------------------------ the loop
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)  # type: ignore[arg-type]  # indexes are injected by name
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, registry=registry)  # type: ignore[arg-type]  # indexes by name
 async def budget_loop(
     name: str,
     body: kopf.Body,
@@ -254,7 +267,7 @@ async def budget_loop(
     await reconcile.run_budget_loop(_runtime(memo).context, name, lambda: body, view)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # indexes are injected by name
+@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)  # type: ignore[arg-type]  # indexes by name
 async def budget_deleted(
     name: str,
     uid: str,
@@ -277,7 +290,7 @@ async def budget_deleted(
 # ------------------------------------------------------------------------------------------------ liveness
 
 
-@kopf.on.probe(id="budgets")
+@kopf.on.probe(id="budgets", registry=registry)
 def budgets_probe(memo: Any, **_: Any) -> int:
     """How many budgets this process runs loops for (served on --liveness)."""
     return len(_runtime(memo).context.memories)

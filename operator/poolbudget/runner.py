@@ -98,7 +98,7 @@ def run_operator(
     if not verbose:
         # kopf logs every handler call at INFO ("Handler 'pod_changed' succeeded."): one per pod event.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    import poolbudget.handlers  # noqa: F401  # registers the kopf handlers
+    from poolbudget.handlers import registry
 
     metrics = OperatorMetrics()
     port = metrics_port if metrics_port is not None else int(os.environ.get(METRICS_PORT_ENV, DEFAULT_PORT))
@@ -117,5 +117,6 @@ def run_operator(
         standalone=standalone,
         liveness_endpoint=liveness or None,
         memo=kopf.Memo(poolbudget=runtime),
+        registry=registry,
     )
     return 0
