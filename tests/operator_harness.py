@@ -8,7 +8,6 @@ Tests drive it with the real ``kubectl`` and read what everyone wrote from its w
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import socket
 import subprocess
@@ -335,10 +334,6 @@ def budgeted_footprint(state: Mapping[Any, Mapping[str, Any]], budget_name: str)
         managed = manage(budget, Deployment.model_validate(dict(obj)), hpas)
         total += managed.workload.pods * template_per_pod(managed, obj)
     return total, available
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=True, default=str)
 
 
 def wait_for_rounds(operator: OperatorProcess, budget: str, at_least: int, timeout: float = 15.0) -> int:

@@ -472,7 +472,7 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
         )
     plan = outcome.plan
     refusals += outcome.refused
-    _warn_refusals(ctx, memory, refusals, raw)
+    _warn_refusals(ctx, memory, body, refusals, raw)
 
     # Order: shrink first, grow only into observed room, hold back small or too frequent growth.
     transitions: list[Transition] = []
@@ -758,15 +758,18 @@ _STATUS_KEYS = frozenset(
 
 
 def _warn_refusals(
-    ctx: Context, memory: BudgetMemory, refusals: list[Refusal], raw: Mapping[Key, Obj]
+    ctx: Context, memory: BudgetMemory, body: Obj, refusals: list[Refusal], raw: Mapping[Key, Obj]
 ) -> None:
-    """A Warning on each refused Deployment, once per distinct message."""
+    """A Warning on each refused Deployment and on the budget, once per distinct message."""
     current: dict[Key, str] = {}
     for refusal in refusals:
         key = (refusal.namespace, refusal.name)
         current[key] = refusal.message
         if memory.warned.get(key) != refusal.message and key in raw:
             ctx.events.warning(raw[key], "Refused", f"PoolBudget {memory.name}: {refusal.message}")
+            ctx.events.warning(
+                body, "Refused", f"Deployment {refusal.namespace}/{refusal.name}: {refusal.message}"
+            )
     memory.warned = current
 
 
