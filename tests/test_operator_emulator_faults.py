@@ -63,16 +63,21 @@ def test_database_down_keeps_the_last_limits_and_allows_no_increase(
             }
         )
         database = {"connectionSecretRef": {"name": "main-db"}, "refreshSeconds": 5}
-        apply(cluster, budget_manifest(database=database, rebalance=FAST))
+        # No other client is connected: `unmanaged` is the margin alone (the operator's own reads never count).
+        apply(
+            cluster,
+            budget_manifest(database=database, rebalance=FAST, unmanaged={"subtract": True, "margin": 3}),
+        )
         apply(cluster, deployment_manifest("a"), deployment_manifest("b"))
         with running(OperatorProcess(cluster, tmp_path)) as operator:
             wait_until(lambda: condition(cluster, "DatabaseReachable").get("status") == "True", timeout=15)
             status = budget_status(cluster)
             assert (status["maxConnections"], status["available"], status["limitsSource"]) == (
                 40,
-                37,
+                34,
                 "database",
             )
+            assert "- 3 unmanaged" in status["availableReason"]
             wait_until(
                 lambda: settled(cluster, "a", "b") and "PGAPPNAME" in container_env(cluster, "a"), timeout=15
             )
@@ -83,7 +88,7 @@ def test_database_down_keeps_the_last_limits_and_allows_no_increase(
             reachable = condition(cluster, "DatabaseReachable")
             assert "only decreases" in reachable["message"]
             assert "last known limits" in reachable["message"]
-            assert budget_status(cluster)["available"] == 37  # kept
+            assert budget_status(cluster)["available"] == 34  # kept
 
             mark = cluster.mark()
             cluster.kubectl("scale", "deployment/b", "--replicas=0")  # a would get b's share
