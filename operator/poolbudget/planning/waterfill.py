@@ -71,10 +71,9 @@ def _jump(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
     largest_step = 0
     rounding = 0
     # Slope of the relaxed cost changes at lam = level/weight (starts rising) and lam = cap/weight (stops).
-    # Points and slope changes in two flat lists, sorted by a float key: much faster than sorting tuples,
-    # and the order of ties does not matter (no cost accrues between equal points).
-    points: list[float] = []
-    deltas: list[int] = []
+    # Changes at the same point are summed first (no cost accrues between equal points): levels and weights
+    # are small integers, so thousands of claims share a few hundred points, and only those are sorted.
+    slope_change: dict[float, int] = {}
     for i in active:
         c = claims[i]
         step = c.multiplier
@@ -82,26 +81,24 @@ def _jump(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
         if step > largest_step:
             largest_step = step
         rate = step * c.weight
-        points.append(c.level / c.weight)
-        deltas.append(rate)
-        points.append(c.cap / c.weight)
-        deltas.append(-rate)
+        start, stop = c.level / c.weight, c.cap / c.weight
+        slope_change[start] = slope_change.get(start, 0) + rate
+        slope_change[stop] = slope_change.get(stop, 0) - rate
     target = budget - largest_step - rounding
     if target <= 0:
         return budget
     cost = 0.0
     slope = 0
-    order = sorted(range(len(points)), key=points.__getitem__)
-    lam = points[order[0]]
-    for k in order:
-        at = points[k]
+    points = sorted(slope_change)
+    lam = points[0]
+    for at in points:
         step_cost = slope * (at - lam)
         if cost + step_cost >= target:
             lam += (target - cost) / slope
             break
         cost += step_cost
         lam = at
-        slope += deltas[k]
+        slope += slope_change[at]
     # Round mu down to a dyadic rational; the exact integer state below is the greedy state at mu.
     mu = int(lam * _ONE)
     raised: list[tuple[int, int]] = []
