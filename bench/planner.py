@@ -33,7 +33,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ class Measurement:
     deployments: int
     median_ms: float
     min_ms: float
+    cpu_median_ms: float  # process CPU time: less sensitive to other work on the machine than wall time
     repetitions: int
     peak_kib: float
     allocated: int
@@ -202,11 +203,13 @@ def measure(path: str, count: int, run: Callable[[], BudgetPlan]) -> Measurement
     plan = run()  # warm-up: imports, caches, first allocations
     repetitions = _repetitions(count)
     times: list[float] = []
+    cpu: list[float] = []
     for _ in range(repetitions):
         gc.collect()  # don't charge one run for the garbage of the previous one
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     gc.collect()
     tracemalloc.start()
     try:
@@ -219,6 +222,7 @@ def measure(path: str, count: int, run: Callable[[], BudgetPlan]) -> Measurement
         deployments=count,
         median_ms=statistics.median(times) * 1000,
         min_ms=min(times) * 1000,
+        cpu_median_ms=statistics.median(cpu) * 1000,
         repetitions=repetitions,
         peak_kib=peak / 1024,
         allocated=plan.allocated,
@@ -227,8 +231,18 @@ def measure(path: str, count: int, run: Callable[[], BudgetPlan]) -> Measurement
     )
 
 
+def calibration_seconds() -> float:
+    """Wall time of ten million trivial loop iterations: how fast this machine runs Python right now
+    (about 0.4 s on an idle modern core); scale the numbers by it when comparing runs."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - start
+
+
 def machine() -> dict[str, str]:
-    """The facts the numbers depend on."""
+    """The facts the numbers depend on, and how busy the machine was."""
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -242,18 +256,34 @@ def machine() -> dict[str, str]:
         "cpu": model,
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "calibration_s": f"{calibration_seconds():.2f}",
     }
+
+
+def _settle_heap() -> None:
+    gc.collect()
+
+
+def _report(m: Measurement) -> Measurement:
+    print(
+        f"{m.path:16} {m.deployments:>6,} Deployments: median {m.median_ms:8.2f} ms, "
+        f"min {m.min_ms:8.2f} ms, CPU {m.cpu_median_ms:8.2f} ms, peak {m.peak_kib:9,.0f} KiB "
+        f"({m.repetitions} runs)",
+        flush=True,
+    )
+    return m
 
 
 def markdown(results: list[Measurement]) -> str:
     """The results as the table bench/README.md shows."""
     lines = [
-        "| path | Deployments | median | min | peak memory | runs | allocated / available |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| path | Deployments | median (wall) | min (wall) | median (CPU) | peak memory | runs | allocated / available |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in results:
         lines.append(
-            f"| `{m.path}` | {m.deployments:,} | {m.median_ms:.2f} ms | {m.min_ms:.2f} ms "
+            f"| `{m.path}` | {m.deployments:,} | {m.median_ms:.2f} ms | {m.min_ms:.2f} ms | {m.cpu_median_ms:.2f} ms "
             f"| {m.peak_kib:,.0f} KiB | {m.repetitions} | {m.allocated:,} / {m.available:,} |"
         )
     return "\n".join(lines)
@@ -282,22 +312,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     facts = machine()
-    print(f"# {facts['nproc']} CPUs, {facts['cpu']}, {facts['implementation']} {facts['python']}")
+    print(
+        f"# {facts['nproc']} CPUs, {facts['cpu']}, {facts['implementation']} {facts['python']}, "
+        f"load average {facts['loadavg']}, 10M-iteration loop {facts['calibration_s']} s"
+    )
     results: list[Measurement] = []
-    fleets = {count: make_fleet(count) for count in args.sizes}
-    for path, build in (("plan_budget", _fast_path), ("plan_for_budget", _full_path)):
-        for count in args.sizes:
-            m = measure(path, count, build(fleets[count]))
-            results.append(m)
-            print(
-                f"{path:16} {count:>6,} Deployments: median {m.median_ms:8.2f} ms, "
-                f"min {m.min_ms:8.2f} ms, peak {m.peak_kib:9,.0f} KiB ({m.repetitions} runs)",
-                flush=True,
-            )
+    for count in args.sizes:
+        # plan_budget with only its Workloads alive: the collector's full passes walk every live object, and
+        # the Deployment models (built for the other path) would be charged to the planner.
+        workloads_only = replace(make_fleet(count), deployments=[], hpas=[])
+        _settle_heap()
+        results.append(_report(measure("plan_budget", count, _fast_path(workloads_only))))
+        if args.profile == "plan_budget" and count == max(args.sizes):
+            print(profile_largest(workloads_only, "plan_budget"))
+        del workloads_only
+    for count in args.sizes:
+        fleet = make_fleet(count)
+        _settle_heap()
+        results.append(_report(measure("plan_for_budget", count, _full_path(fleet))))
+        if args.profile == "plan_for_budget" and count == max(args.sizes):
+            print(profile_largest(fleet, "plan_for_budget"))
+        del fleet
     print()
     print(markdown(results))
-    if args.profile:
-        print(profile_largest(fleets[max(args.sizes)], args.profile))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
