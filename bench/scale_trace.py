@@ -791,13 +791,20 @@ def plot(result: Result, path: Path) -> None:
     ax.set_title(
         f"{TITLES.get(result.strategy, result.strategy)}\nrefusals {result.refusals}, pool timeouts "
         f"{result.pool_timeouts}, peak {max(result.peak_open, result.peak_backends)} of {AVAILABLE} available, "
-        f"usable at the end {result.usable} ({result.utilization:.0%})",
+        f"the pools may open {usable_text(result)} at the end",
         fontsize=9,
     )
     fig.legend(loc="lower center", fontsize=7, ncol=4, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path)
     plt.close(fig)
+
+
+def usable_text(r: Result) -> str:
+    """What the pools may open against available: a share, or how many times over."""
+    if r.usable > r.available:
+        return f"{r.usable} ({r.usable / r.available:.1f}x available)"
+    return f"{r.usable} ({r.utilization:.0%})"
 
 
 def table(results: list[Result]) -> str:
@@ -810,7 +817,7 @@ def table(results: list[Result]) -> str:
     for r in results:
         lines.append(
             f"| {r.strategy} | {r.refusals} | {r.pool_timeouts} | {r.peak_open} | {r.peak_backends} | {r.available} "
-            f"| {r.usable} ({r.utilization:.0%}) | {r.steady_backends:.1f} | {r.restarts} |"
+            f"| {usable_text(r)} | {r.steady_backends:.1f} | {r.restarts} |"
         )
     return "\n".join(lines)
 
@@ -871,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  refusals {result.refusals}, pool timeouts {result.pool_timeouts}, peak "
                     f"{result.peak_open} exact / {result.peak_backends} sampled of {AVAILABLE}, usable at the end "
-                    f"{result.usable} ({result.utilization:.0%}) {result.per_deployment}, held "
+                    f"{usable_text(result)} {result.per_deployment}, held "
                     f"{result.steady_backends:.1f}, restarts {result.restarts}, pods started {result.pods_started}",
                     flush=True,
                 )
