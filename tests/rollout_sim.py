@@ -31,7 +31,7 @@ Deployments it does not manage (not yet opted in, or deleted and still terminati
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ from poolbudget.api.workloads import Deployment as DeploymentModel
 from poolbudget.api.workloads import HorizontalPodAutoscaler
 from poolbudget.planning.budget import BudgetOutcome, plan_for_budget
 from poolbudget.planning.limits import DatabaseLimits
-from poolbudget.planning.transitions import Hysteresis, Steps, Transition, order_changes
+from poolbudget.planning.transitions import Hysteresis, Steps, Transition, Wait, order_changes
 
 Key = tuple[str, str]
 NAMESPACE = "sim"
@@ -52,8 +52,8 @@ Strategy = Literal["RollingUpdate", "Recreate"]
 # and all a cluster without the gate does) replaces a pod as soon as its deletion starts;
 # TerminationComplete counts terminating pods against replicas + maxSurge until they are gone.
 ReplacementPolicy = Literal["TerminationStarted", "TerminationComplete"]
-# An ordering sees the transitions, `available`, and how many replicas (no surge) each Deployment is sized for.
-Ordering = Callable[[Sequence[Transition], int, Mapping[Key, int]], Steps]
+# An ordering sees the transitions and `available`, and says what changes now.
+Ordering = Callable[[Sequence[Transition], int], Steps]
 
 
 # ------------------------------------------------------------------------------------------- the orderings
@@ -62,49 +62,18 @@ Ordering = Callable[[Sequence[Transition], int, Mapping[Key, int]], Steps]
 def real_ordering(hysteresis: Hysteresis | None = None) -> Ordering:
     """The operator's rule: ``planning.transitions.order_changes``."""
 
-    def order(transitions: Sequence[Transition], available: int, replicas: Mapping[Key, int]) -> Steps:
-        del replicas
+    def order(transitions: Sequence[Transition], available: int) -> Steps:
         return order_changes(transitions, available, hysteresis=hysteresis)
 
     return order
 
 
-def naive_ordering(transitions: Sequence[Transition], available: int, replicas: Mapping[Key, int]) -> Steps:
+def naive_ordering(transitions: Sequence[Transition], available: int) -> Steps:
     """Every change at once, grow and shrink alike: what a controller without an ordering would do."""
-    del available, replicas
+    del available
     shrink = tuple(t.key for t in transitions if t.target_per_pod < t.current_per_pod)
     grow = tuple(t.key for t in transitions if t.target_per_pod > t.current_per_pod)
     return Steps(shrink, grow, ())
-
-
-def overlap_ordering(hysteresis: Hysteresis | None = None) -> Ordering:
-    """A proposed fix (not the operator's rule), for pods that hold their connections while terminating.
-
-    Under TerminationStarted a rolling update may run every new pod while every pod that exists now still
-    holds its connections. Two changes to ``order_changes``, expressed here through it:
-
-    - a rolling grow needs room for ``replicas x target`` on top of the observed footprint (every new pod
-      on top of every old one), not ``peak_pods x (target - current)``: it is shown to ``order_changes``
-      with a current per-pod of 0 and ``replicas`` pods; Recreate waits for its old pods, so it is unchanged;
-    - one rollout at a time per Deployment: a shrink of a Deployment whose last rollout has not settled
-      waits (shown as no change, which still holds every grow back), unless the footprint is already over
-      ``available`` (then shrinking is the way back).
-
-    It needs the planner to size rolling Deployments for the overlap too (``Scenario.overlap_sizing``).
-    """
-
-    def order(transitions: Sequence[Transition], available: int, replicas: Mapping[Key, int]) -> Steps:
-        over = sum(t.observed for t in transitions) > available
-        shown = []
-        for t in transitions:
-            if t.target_per_pod > t.current_per_pod and t.key in replicas:
-                t = replace(t, current_per_pod=0, peak_pods=replicas[t.key])
-            elif t.target_per_pod < t.current_per_pod and not t.settled and not over:
-                t = replace(t, target_per_pod=t.current_per_pod)
-            shown.append(t)
-        return order_changes(shown, available, hysteresis=hysteresis)
-
-    return order
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -280,8 +249,8 @@ class Scenario:
     start_delay: int = 1
     termination_delay: int = 0
     policy: ReplacementPolicy = "TerminationStarted"
-    # The planner sizes RollingUpdate Deployments for replicas + max(maxSurge, replicas) pods: room for a
-    # rollout's new pods while every old one terminates (a proposed sizing, shown to the planner only).
+    # The budget's spec.sizing.rolloutOverlap: RollingUpdate Deployments sized for replicas + max(maxSurge,
+    # replicas) pods, and grows that need room for every new pod beside every old one.
     overlap_sizing: bool = False
     horizon: int = 200
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
@@ -324,6 +293,7 @@ class Outcome:
     last_over: int | None = None  # last tick the footprint was above available
     rolls: int = 0  # template changes the operator made
     footprints: list[int] = field(default_factory=list)  # at the end of every tick
+    last_waits: tuple[tuple[Key, Wait], ...] = ()  # what the operator held back in its last round, and why
 
     @property
     def first_breach(self) -> Breach | None:
@@ -349,6 +319,7 @@ class Cluster:
                 "spec": {
                     "database": {"maxConnections": scenario.max_connections},
                     "defaults": {"minConnectionsPerProcess": 1, "maxConnectionsPerProcess": 50},
+                    "sizing": {"rolloutOverlap": scenario.overlap_sizing},
                 },
             }
         )
@@ -430,11 +401,7 @@ class Cluster:
         }
         strategy: dict[str, Any] = {"type": s.strategy}
         if s.strategy == "RollingUpdate":
-            surge = s.max_surge
-            if self.scenario.overlap_sizing:
-                sized = s.hpa[1] if s.hpa else d.replicas
-                surge = surge if _resolve(surge, sized, round_up=True) >= sized else "100%"
-            strategy["rollingUpdate"] = {"maxSurge": surge, "maxUnavailable": s.max_unavailable}
+            strategy["rollingUpdate"] = {"maxSurge": s.max_surge, "maxUnavailable": s.max_unavailable}
         model = DeploymentModel.model_validate(
             {
                 "metadata": {"name": s.name, "namespace": NAMESPACE, "annotations": annotations},
@@ -502,6 +469,8 @@ class Cluster:
                     current_per_process=d.level,
                     target_per_process=allocation.per_process,
                     seconds_since_roll=since,
+                    overlap_pods=w.replicas if self.scenario.overlap_sizing and w.rolling else 0,
+                    surge_pods=w.pods - w.replicas if w.rolling else 0,
                 )
             )
         return moves
@@ -510,13 +479,8 @@ class Cluster:
         """One operator round: plan, order, change the templates the ordering lets change now."""
         outcome = self.plan()
         moves = self.transitions(outcome)
-        # Replicas each rolling Deployment is sized for, without surge: all of its new pods (see overlap_ordering).
-        replicas = {
-            d.key: d.shape.hpa[1] if d.shape.hpa else d.replicas
-            for d in self.managed()
-            if d.shape.strategy == "RollingUpdate"
-        }
-        steps = self.ordering(moves, outcome.plan.available, replicas)
+        steps = self.ordering(moves, outcome.plan.available)
+        self.outcome.last_waits = steps.waiting
         levels = {a.workload.key: a.per_process for a in outcome.plan.allocations}
         by_key = {t.key: t for t in moves}
         if steps.grow and self.footprint() > self.available:
@@ -656,13 +620,16 @@ class Cluster:
         if len(active) < rs.replicas:
             old = [p.per_pod for other in d.replica_sets if other is not rs for p in other.active()]
             written = (d.key, rs.revision) in self._written
+            older = [o for o in d.replica_sets if o.revision < rs.revision]
+            replaced = [max(older, key=lambda o: o.revision).per_pod] if older else []
             if rollout and old and written and self.footprint() > self.available:
                 self.outcome.raised_while_over.append(
                     Raise(
                         self.now,
                         d.shape.name,
                         (rs.replicas - len(active)) * rs.per_pod,
-                        shrinking=rs.per_pod < max(old),
+                        # smaller than the template it replaced, or than pods of older ones still there
+                        shrinking=rs.per_pod < max([*old, *replaced]),
                     )
                 )
             for _ in range(rs.replicas - len(active)):

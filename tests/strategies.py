@@ -80,7 +80,10 @@ def scenarios(draw: st.DrawFn) -> tuple[dict[str, Any], list[dict[str, Any]], li
                 "maxConnectionsPerProcess": low + draw(st.integers(0, 60)),
                 "overflowRatio": draw(st.sampled_from([0.0, 0.3, 0.5, 0.6])),
             },
-            "sizing": {"hpa": draw(st.sampled_from(["maxReplicas", "currentReplicas"]))},
+            "sizing": {
+                "hpa": draw(st.sampled_from(["maxReplicas", "currentReplicas"])),
+                "rolloutOverlap": draw(st.booleans()),
+            },
         },
     }
     return budget, deployments, hpas, draw(st.integers(5, 3000))

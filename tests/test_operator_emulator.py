@@ -171,7 +171,7 @@ def test_a_scale_up_shrinks_the_others_first_and_never_exceeds_available(
                 assert footprint <= available, f"grow {record.seq} landed at {footprint} > {available}"
         previous = footprint
     assert checked >= 5
-    assert footprint <= available  # converged within the budget
+    assert footprint <= available, json.dumps(budget_status(cluster), indent=1)  # converged within the budget
 
 
 def test_removing_the_annotation_restores_the_deployment_byte_for_byte(

@@ -19,7 +19,7 @@ from poolbudget.planning.plan import Workload, plan_budget
 from tests.strategies import scenarios
 
 
-def expected_multiplier(doc: dict[str, Any], hpas: list[dict[str, Any]], hpa_mode: str) -> int:
+def expected_multiplier(doc: dict[str, Any], hpas: list[dict[str, Any]], hpa_mode: str, overlap: bool) -> int:
     spec, ann = doc["spec"], doc["metadata"]["annotations"]
     replicas = spec.get("replicas", 1)
     hpa = next(
@@ -37,6 +37,8 @@ def expected_multiplier(doc: dict[str, Any], hpas: list[dict[str, Any]], hpa_mod
     if spec["strategy"]["type"] == "RollingUpdate" and replicas > 0:
         raw = spec["strategy"].get("rollingUpdate", {}).get("maxSurge", "25%")
         surge = raw if isinstance(raw, int) else math.ceil(replicas * int(raw[:-1]) / 100)
+        if overlap:  # every old pod beside the whole new ReplicaSet
+            surge = max(surge, replicas)
     env = {e["name"]: e["value"] for e in spec["template"]["spec"]["containers"][0]["env"]}
     processes = int(ann.get("poolbudget.io/processes", env.get("WEB_CONCURRENCY", 1)))
     pools = 2 if ann.get("poolbudget.io/profile") == "airflow" else 1
@@ -69,10 +71,11 @@ def test_the_invariant_holds_whenever_the_minimums_fit(scenario: Any) -> None:
 
     by_key = {(a.workload.namespace, a.workload.name): a for a in plan.allocations}
     mode = budget_doc["spec"]["sizing"]["hpa"]
+    overlap = budget_doc["spec"]["sizing"]["rolloutOverlap"]
     footprint, at_minimum, at_one = 0, 0, 0
     for doc in docs:
         allocation = by_key[(doc["metadata"]["namespace"], doc["metadata"]["name"])]
-        multiplier = expected_multiplier(doc, hpa_docs, mode)
+        multiplier = expected_multiplier(doc, hpa_docs, mode, overlap)
         low, high = expected_bounds(doc, budget_doc)
         assert allocation.workload.multiplier == multiplier
         assert allocation.connections == multiplier * allocation.per_process

@@ -50,3 +50,42 @@ def test_hysteresis_holds_back_small_or_frequent_growth_never_a_shrink() -> None
     steps = order_changes([small, recent, shrink], available=1000, hysteresis=rule)
     assert steps.shrink == (("ns", "c"),)
     assert dict(steps.waiting) == {("ns", "a"): Wait.SMALL_CHANGE, ("ns", "b"): Wait.TOO_SOON}
+
+
+def test_overlap_growth_needs_room_for_every_new_pod_beside_every_old_one() -> None:
+    # 3 replicas at 7 per pod, one more terminating: 28 held. Growing to 10 per pod may run 3 new pods (30)
+    # beside all of them, so it waits for room; without overlap the same move would be let through.
+    held = 4 * 7
+    plain = move("a", 7, 10, pods=4, observed=held)
+    overlapping = move("a", 7, 10, pods=4, observed=held, overlap_pods=3)
+    assert order_changes([plain], available=40).grow == (("ns", "a"),)
+    steps = order_changes([overlapping], available=40)
+    assert steps.waiting == ((("ns", "a"), Wait.NO_ROOM),)
+    assert order_changes([overlapping], available=28 + 30).grow == (("ns", "a"),)
+
+
+def test_overlap_runs_one_rollout_at_a_time_unless_the_budget_is_already_over() -> None:
+    rolling = move("a", 10, 6, pods=3, observed=30, settled=False, overlap_pods=2)
+    steps = order_changes([rolling], available=40)
+    assert steps.shrink == ()
+    assert steps.waiting == ((("ns", "a"), Wait.ROLLOUT_IN_FLIGHT),)
+    assert order_changes([rolling], available=25).shrink == (("ns", "a"),)  # over: shrinking is the way back
+    unsettled_grow = move("b", 6, 10, pods=3, observed=18, settled=False, overlap_pods=2)
+    assert order_changes([unsettled_grow], available=100).waiting == ((("ns", "b"), Wait.ROLLOUT_IN_FLIGHT),)
+
+
+def test_a_shrink_waits_while_its_own_surge_pods_would_pass_available_unless_already_over() -> None:
+    # Sized, a (2 pods at 2) and b (3) take 7 of 7. With a's own earlier rollout still holding 2 more, the
+    # shrink's surge pod (1) would make 8: within the budget, waiting is safe; over it, shrinking is the way back.
+    shrink = move("a", 2, 1, pods=2, observed=2, surge_pods=1)
+    other = move("b", 3, 3, pods=1, observed=3)
+    steps = order_changes(
+        [shrink, other], available=7
+    )  # sized: 2 x 2 + 3 = 7, within; observed 5 + 1 surge fits
+    assert steps.shrink == (("ns", "a"),)
+    shrink = move("a", 2, 1, pods=2, observed=4, surge_pods=1)  # a rollout of its own holds 2 more
+    steps = order_changes([shrink, other], available=7)
+    assert steps.shrink == ()
+    assert steps.waiting == ((("ns", "a"), Wait.NO_ROOM_TO_SHRINK),)
+    assert order_changes([shrink, other], available=8).shrink == (("ns", "a"),)
+    assert order_changes([shrink, other], available=6).shrink == (("ns", "a"),)  # over: the way back

@@ -499,6 +499,12 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
                 current_per_process=from_per_pod // per_process_divisor if per_process_divisor else 0,
                 target_per_process=allocation.per_process,
                 seconds_since_roll=since,
+                overlap_pods=allocation.workload.replicas
+                if spec.sizing.rollout_overlap and allocation.workload.rolling
+                else 0,
+                surge_pods=allocation.workload.pods - allocation.workload.replicas
+                if allocation.workload.rolling
+                else 0,
             )
         )
         desired = with_application_name(

@@ -128,6 +128,12 @@ class SizingSpec(Model):
     hpa: Literal["maxReplicas", "currentReplicas"] = Field(
         "maxReplicas", description="Size HPA-scaled Deployments for maxReplicas (safe) or current replicas."
     )
+    rollout_overlap: bool = Field(
+        False,
+        description="For apps whose terminating pods keep their connections: size RollingUpdate Deployments for "
+        "every old and every new pod at once (replicas + max(maxSurge, replicas)), and grow only into room for "
+        "all new pods. Off: replicas + maxSurge, safe when pods release their connections as they terminate.",
+    )
 
 
 class EnvTemplate(Model):

@@ -107,7 +107,10 @@ def manage(
         deployment.max_surge,
         hpa_replicas,
         spec.sizing.count_surge,
+        spec.sizing.rollout_overlap,
     )
+    replicas = hpa_replicas if hpa_replicas is not None else deployment.spec.replicas
+    rolling = deployment.spec.strategy.type != "Recreate"
     processes, processes_reason = _processes(opt_in, containers)
     minimum = opt_in.min_connections or spec.defaults.min_connections_per_process
     maximum = max(minimum, opt_in.max_connections or spec.defaults.max_connections_per_process)
@@ -116,6 +119,8 @@ def manage(
         name=deployment.metadata.name,
         profile=profile.name,
         pods=pods,
+        replicas=1 if replicas is None else replicas,
+        rolling=rolling,
         processes_per_pod=processes,
         pools_per_process=profile.pools_per_process,
         min_per_process=minimum,

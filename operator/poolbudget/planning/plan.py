@@ -38,6 +38,8 @@ class Workload:
     demand_per_process: int | None = None
     pods_reason: str = ""
     processes_reason: str = ""
+    replicas: int = 0  # R it is sized for (spec.replicas or the HPA's), without surge
+    rolling: bool = True  # RollingUpdate (False: Recreate, whose old pods are gone before new ones start)
 
     @property
     def key(self) -> tuple[str, str]:

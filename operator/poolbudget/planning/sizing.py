@@ -29,9 +29,13 @@ def peak_pods(
     max_surge: int | str | None = None,
     hpa_max_replicas: int | None = None,
     count_surge: bool = True,
+    overlap: bool = False,
 ) -> tuple[int, str]:
     """The most pods the Deployment can run at once, and why: R + maxSurge(R) for RollingUpdate, R for
-    Recreate, where R is spec.replicas (default 1) or the maxReplicas of an HPA that targets it."""
+    Recreate, where R is spec.replicas (default 1) or the maxReplicas of an HPA that targets it.
+
+    With ``overlap``, a RollingUpdate is sized for R + max(maxSurge, R): every old pod still holding its
+    connections while terminating, plus the whole new ReplicaSet (which never exceeds R)."""
     if hpa_max_replicas is not None:
         base, why = hpa_max_replicas, f"HPA maxReplicas {hpa_max_replicas}"
     else:
@@ -41,6 +45,11 @@ def peak_pods(
         return base, why
     surge = surge_of(base, max_surge)
     shown = DEFAULT_MAX_SURGE + " (default)" if max_surge is None else str(max_surge)
+    if overlap and surge < base:
+        return (
+            base + base,
+            f"{why} + {base} overlapping old pods (rolloutOverlap; maxSurge {shown} = {surge})",
+        )
     return base + surge, f"{why} + maxSurge {shown} = {surge}"
 
 

@@ -3,13 +3,23 @@
 Pure: the operator (and the transitions simulation in the tests) pass in what they observed; this decides which
 Deployments to change now and which must wait. The rules (SPEC.md, "The invariant"):
 
-- shrinks go first, and always may (they are how an overcommitted budget gets back within its limit);
+- shrinks go first; one waits only while the budget is within `available` (observed, and as its current settings
+  are sized) and its rolling update's own new pods (started before the old ones go) would pass it; over
+  `available`, every shrink goes: it is the way back;
 - no Deployment grows while any shrink is being applied or still rolling out (its old pods, running or
   terminating, still hold connections at the old settings);
 - then grows are applied, in a stable order, only while the observed footprint (every pod that exists, at the
   settings it started with) plus the planned growth of everything growing stays within `available`;
 - growth smaller than the hysteresis threshold, or sooner than the minimum interval after the last roll, waits;
   a shrink never waits for either.
+
+Growth is ``peak_pods x (target - current)``: right when pods let go of their connections as they start to
+terminate. Where they keep them while terminating (Kubernetes' default pod replacement starts the new pods
+meanwhile), a rollout can hold every old pod *and* every new one. For those apps (`spec.sizing.rolloutOverlap`,
+which also sizes the plan for the overlap), a Transition carries ``overlap_pods`` (the size of the new
+ReplicaSet): a grow then needs room for all its new pods on top of the observed footprint, and a Deployment
+whose last rollout has not settled does not start another (unless the budget is already over: shrinking is the
+way back). ``tests/test_transitions_simulation.py`` shows both regimes on a model of the controllers.
 """
 
 from __future__ import annotations
@@ -34,17 +44,28 @@ class Transition:
     current_per_process: int = 0  # per-pool level now (for hysteresis), 0 when unknown
     target_per_process: int = 0
     seconds_since_roll: float | None = None  # None: never rolled by poolbudget
+    overlap_pods: int = 0  # rolloutOverlap: new pods that may run beside every old one (0: off, or Recreate)
+    surge_pods: int = 0  # pods a rolling update starts before old ones go (maxSurge; 0 for Recreate)
 
     @property
     def growth(self) -> int:
-        """How much its budgeted footprint rises (negative: falls)."""
+        """How much its footprint may rise while it grows (negative: falls)."""
+        if self.overlap_pods:
+            return self.overlap_pods * self.target_per_pod  # every new pod on top of every pod there is
         return self.peak_pods * (self.target_per_pod - self.current_per_pod)
+
+    @property
+    def shrink_transient(self) -> int:
+        """What a shrinking rollout adds for a while: its new pods, started before the old ones are gone."""
+        return (self.overlap_pods or self.surge_pods) * self.target_per_pod
 
 
 class Wait(StrEnum):
     """Why a change is held back this round."""
 
     SHRINKS_IN_FLIGHT = "waiting for shrinking Deployments to finish their rollouts"
+    ROLLOUT_IN_FLIGHT = "waiting for its previous rollout to finish (rolloutOverlap)"
+    NO_ROOM_TO_SHRINK = "waiting for room for the surge pods of its shrinking rollout"
     NO_ROOM = "waiting for room: the observed footprint plus this growth would pass available"
     GROWTH_FROZEN = "growth frozen: the database limits could not be confirmed"
     SMALL_CHANGE = "change below the rebalance threshold"
@@ -87,19 +108,36 @@ def order_changes(
     """Decide which Deployments change now: every shrink, then the grows that fit (see the module doc)."""
     hysteresis = hysteresis or Hysteresis()
     moves = sorted(transitions, key=lambda t: t.key)
-    shrink = tuple(t.key for t in moves if t.target_per_pod < t.current_per_pod)
-    growing = [t for t in moves if t.target_per_pod > t.current_per_pod]
+    footprint = sum(t.observed for t in moves)
     waiting: list[tuple[Key, Wait]] = []
+    shrinking = [t for t in moves if t.target_per_pod < t.current_per_pod]
+    # Over (now, or as sized: the current settings no longer fit their own rollout reserve, e.g. after a
+    # `kubectl scale`), shrinking is the way back, whatever its rollout adds for a while.
+    budgeted = sum(t.peak_pods * t.current_per_pod for t in moves)
+    over = footprint > available or budgeted > available
+    shrink_list: list[Key] = []
+    transient = footprint
+    for t in shrinking:
+        if not over and t.overlap_pods and not t.settled:
+            waiting.append((t.key, Wait.ROLLOUT_IN_FLIGHT))  # one rollout at a time: old pods may hold on
+        elif not over and transient + t.shrink_transient > available:
+            waiting.append((t.key, Wait.NO_ROOM_TO_SHRINK))  # waiting is safe: nothing grows meanwhile
+        else:
+            shrink_list.append(t.key)
+            transient += t.shrink_transient
+    shrink = tuple(shrink_list)
+    growing = [t for t in moves if t.target_per_pod > t.current_per_pod]
     grow: list[Key] = []
     # A Deployment that is still rolling with a net reduction in flight (old pods not gone) blocks growth too.
-    in_flight = shrink or any(not t.settled for t in moves if t.target_per_pod <= t.current_per_pod)
-    footprint = sum(t.observed for t in moves)
+    in_flight = bool(shrinking) or any(not t.settled for t in moves if t.target_per_pod <= t.current_per_pod)
     for t in growing:
         reason = hysteresis.holds_back(t)
         if reason is None and not allow_growth:
             reason = Wait.GROWTH_FROZEN
         if reason is None and in_flight:
             reason = Wait.SHRINKS_IN_FLIGHT
+        if reason is None and t.overlap_pods and not t.settled:
+            reason = Wait.ROLLOUT_IN_FLIGHT
         if reason is None and footprint + t.growth > available:
             reason = Wait.NO_ROOM
         if reason is None:
