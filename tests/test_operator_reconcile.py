@@ -8,8 +8,11 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
+
 from poolbudget import reconcile
 from poolbudget.adapters.kubernetes import NotFound, SecretError
+from poolbudget.demand import DemandReading
 from poolbudget.metrics import OperatorMetrics
 from poolbudget.observe import PodFacts
 from tests.emulator.defaults import default_deployment
@@ -144,3 +147,99 @@ def test_a_deployment_deleted_meanwhile_is_skipped() -> None:
     result = asyncio.run(reconcile.reconcile_budget(context, cluster.budget, snapshot))
     assert ("deployment", "b") in cluster.calls
     assert result.writes == 2
+
+
+def refuse(cluster: FakeCluster, key: tuple[str, str], annotations: dict[str, str]) -> None:
+    """A user edits the Deployment's annotations (a new version of it, as the API server would store it)."""
+    deployment = copy.deepcopy(cluster.deployments[key])
+    deployment["metadata"]["annotations"].update(annotations)
+    deployment["metadata"]["resourceVersion"] = str(int(deployment["metadata"]["resourceVersion"]) + 1)
+    cluster.deployments[key] = deployment
+
+
+def stamp_of(deployment: Mapping[str, Any]) -> int:
+    return int(deployment["spec"]["template"]["metadata"]["annotations"]["poolbudget.io/connections-per-pod"])
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [{"poolbudget.io/profile": "no-such-profile"}, {"poolbudget.io/processes": "many"}],
+    ids=["unknown-profile", "bad-processes"],
+)
+def test_a_refused_deployment_with_our_settings_is_still_counted_and_left_alone(
+    annotations: dict[str, str],
+) -> None:
+    cluster, context, events = world(defaults={"maxConnectionsPerProcess": 40})
+    run(context, cluster)
+    a, b = ("default", "a"), ("default", "b")
+    per_pod = stamp_of(cluster.deployments[a])
+    available = cluster.budget["status"]["available"]
+    refuse(cluster, a, annotations)
+    before = copy.deepcopy(cluster.deployments[a])
+    # Its pods still hold their pools: two running at its settings, one older one terminating with more.
+    pods = {
+        a: [PodFacts("default", f"a-{i}", "a", False, per_pod, "main") for i in range(2)]
+        + [PodFacts("default", "a-old", "a", True, per_pod + 5, "main")]
+    }
+    held = max(2 * per_pod + per_pod + 5, 3 * per_pod)  # observed, or its stamp x (2 replicas + 1 surge)
+    cluster.calls.clear()
+    asyncio.run(reconcile.reconcile_budget(context, cluster.budget, view(cluster, pods)))
+
+    assert ("deployment", "a") not in cluster.calls
+    assert cluster.deployments[a] == before
+    status = cluster.budget["status"]
+    assert status["available"] == available - held
+    assert "refused Deployments" in status["availableReason"]
+    assert f"default/a {held}" in status["availableReason"]
+    assert [x["name"] for x in status["allocations"]] == ["b"]
+    # b may take what a does not hold, and not one connection more (without the fix it grows into a's share).
+    grown = stamp_of(cluster.deployments[b]) * 3
+    assert grown + held <= available
+    warnings = [m for t, r, m in events.posted if (t, r) == ("Warning", "Refused")]
+    assert warnings
+    assert all("still counted at its current settings" in m for m in warnings)
+    assert all("will not change it until the annotation is fixed" in m for m in warnings)
+
+    # Nothing changed: the next round writes nothing and posts no new Warning.
+    cluster.calls.clear()
+    posted = len(events.posted)
+    again = asyncio.run(reconcile.reconcile_budget(context, cluster.budget, view(cluster, pods)))
+    assert again.writes == 0
+    assert cluster.calls == []
+    assert len(events.posted) == posted
+
+
+def test_demand_explanations_show_in_the_allocations_and_their_ages_do_not_rewrite_the_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, context, _ = world(rebalance={"mode": "demand"}, metrics={"prometheusUrl": "http://127.0.0.1:1"})
+    clock = [0.0]
+    context.monotonic = lambda: clock[0]
+    age = [40]
+
+    async def measured(*_: Any, **__: Any) -> DemandReading:
+        a, b = ("default", "a"), ("default", "b")
+        return DemandReading(
+            {a: 4, b: 6},
+            True,
+            "DemandMeasured",
+            {
+                a: "demand 4 kept: 5 is within the deadband of 2 around it [prometheus]",
+                b: f"no measurement; holding demand 6 confirmed {age[0]}s ago",
+            },
+            "demand measured for 2 Deployments",
+        )
+
+    monkeypatch.setattr("poolbudget.demand.measure_demand", measured)
+    run(context, cluster)
+    reasons = {x["name"]: x["reason"] for x in cluster.budget["status"]["allocations"]}
+    assert reasons["a"].endswith(
+        "; demand: demand 4 kept: 5 is within the deadband of 2 around it [prometheus]"
+    )
+    assert "; demand: no measurement; holding demand 6 confirmed earlier" in reasons["b"]
+
+    # Re-measured later: the same decisions, older: no write.
+    clock[0], age[0] = 120.0, 160
+    cluster.calls.clear()
+    assert run(context, cluster).writes == 0
+    assert cluster.calls == []

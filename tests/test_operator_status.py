@@ -105,3 +105,25 @@ def test_a_waiting_deployment_says_so_in_its_allocation() -> None:
         generation=1,
     )
     assert "not applied yet: waiting for room" in status.allocations[0].reason
+
+
+def test_allocations_explain_demand_and_the_available_reason_names_held_deployments() -> None:
+    plan = plan_for(100)
+    detail = {("shop", "a"): "demand 4 kept: 5 is within the deadband; holding demand 4 confirmed 42s ago"}
+    status = build_status(
+        previous=PoolBudgetStatus(),
+        plan=plan,
+        updates=[],
+        waits={("shop", "a"): Wait.NO_ROOM},
+        limits_source="spec",
+        now=T0,
+        generation=1,
+        demand_detail=detail,
+        held={("shop", "c"): 12},
+    )
+    reason = status.allocations[0].reason
+    assert "; demand: demand 4 kept: 5 is within the deadband; holding demand 4 confirmed earlier" in reason
+    assert "earlier; not applied yet: waiting for room" in reason
+    assert "; demand:" not in status.allocations[1].reason
+    assert status.available_reason is not None
+    assert status.available_reason.endswith("held by refused Deployments still at their settings: shop/c 12")

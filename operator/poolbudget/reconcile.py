@@ -22,10 +22,16 @@ from pydantic import ValidationError
 
 from poolbudget.adapters.kubernetes import Conflict, KubernetesError, NotFound, SecretError
 from poolbudget.api.manifests import format_validation_error
-from poolbudget.api.models import PoolBudget
+from poolbudget.api.models import PoolBudget, SizingSpec
 from poolbudget.api.workloads import Deployment, HorizontalPodAutoscaler, budget_of
 from poolbudget.delivery.env import desired_env
-from poolbudget.delivery.envpatch import apply_patch, managed_by, restore_patch, with_application_name
+from poolbudget.delivery.envpatch import (
+    STAMP_CONNECTIONS,
+    apply_patch,
+    managed_by,
+    restore_patch,
+    with_application_name,
+)
 from poolbudget.metrics import OperatorMetrics
 from poolbudget.observe import (
     PodFacts,
@@ -39,6 +45,7 @@ from poolbudget.observe import (
 from poolbudget.planning.budget import BudgetOutcome, Key, Refusal, plan_for_budget
 from poolbudget.planning.limits import DatabaseLimits
 from poolbudget.planning.plan import Allocation
+from poolbudget.planning.sizing import peak_pods
 from poolbudget.planning.transitions import Hysteresis, Transition, Wait, order_changes
 from poolbudget.planning.unmanaged import managed_application_name, unmanaged_connections
 from poolbudget.status import (
@@ -122,6 +129,7 @@ class BudgetMemory:
     database_url: str | None = None  # never logged, never in status or events
     unmanaged: int = 0
     demand: dict[Key, int] = field(default_factory=dict)
+    demand_detail: dict[Key, str] = field(default_factory=dict)  # why, per Deployment (status allocations)
     demand_update: ConditionUpdate | None = None
     demand_read_at: float | None = None
     demand_state: Any = None
@@ -312,11 +320,16 @@ async def read_limits(
 
 async def read_demand(
     ctx: Context, memory: BudgetMemory, budget: PoolBudget, outcome: BudgetOutcome
-) -> tuple[dict[Key, int], ConditionUpdate]:
-    """Demand mode: per-process demand from the demand module (re-measured every refreshSeconds)."""
+) -> tuple[dict[Key, int], ConditionUpdate, dict[Key, str]]:
+    """Demand mode: per-process demand from the demand module (re-measured every refreshSeconds), the
+    condition it makes, and per Deployment how its demand was decided."""
     if budget.spec.rebalance.mode != "demand":
-        return {}, ConditionUpdate(
-            METRICS_AVAILABLE, "Unknown", Reason.STATIC, "rebalance.mode is static: shares follow weights"
+        return (
+            {},
+            ConditionUpdate(
+                METRICS_AVAILABLE, "Unknown", Reason.STATIC, "rebalance.mode is static: shares follow weights"
+            ),
+            {},
         )
     now = ctx.monotonic()
     due = memory.demand_read_at is None or now - memory.demand_read_at >= budget.spec.database.refresh_seconds
@@ -328,6 +341,7 @@ async def read_demand(
             memory.demand_state = DemandState()
         reading = await measure_demand(budget.spec, outcome.managed, memory.database_url, memory.demand_state)
         memory.demand = dict(reading.demand)
+        memory.demand_detail = dict(reading.detail)
         # The message already says what is used meanwhile: static weights, or demand held through a short outage.
         memory.demand_update = ConditionUpdate(
             METRICS_AVAILABLE,
@@ -337,7 +351,7 @@ async def read_demand(
         )
         if not reading.available:
             ctx.metrics.prometheus_errors.labels(budget.name).inc()
-    return memory.demand, memory.demand_update
+    return memory.demand, memory.demand_update, memory.demand_detail
 
 
 # ---------------------------------------------------------------------------------------------------- a round
@@ -428,7 +442,10 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
                 hpas.append(HorizontalPodAutoscaler.model_validate(dict(h)))
             except ValidationError:
                 continue  # not an HPA we can read: the Deployment is sized by its replicas
-    application_names = {managed_application_name(*d.key) for d in candidates}
+    # Refused ones that still carry our settings also carry our PGAPPNAME: they are counted as held, not here.
+    application_names = {managed_application_name(*d.key) for d in candidates} | {
+        managed_application_name(*key) for key, d in raw.items() if managed_by(d) == name
+    }
     limits_view = await read_limits(ctx, memory, budget, application_names)
 
     writes, changed, retry = 0, [], None
@@ -465,13 +482,29 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
     outcome = plan_for_budget(
         budget, limits_view.limits, candidates, hpas, namespace_labels, unmanaged=limits_view.unmanaged
     )
-    demand, metrics_update = await read_demand(ctx, memory, budget, outcome)
+    refusals += outcome.refused
+    # A refused Deployment that still has our settings keeps its pools: count them, or others grow into them.
+    held: dict[Key, int] = {}
+    for refusal in refusals:
+        key = (refusal.namespace, refusal.name)
+        if key in raw and managed_by(raw[key]) == name:
+            held[key] = refused_footprint(
+                raw[key], view.pods_of(key), _hpa_replicas(view.hpas_of(key), spec.sizing.hpa), spec.sizing
+            )
+    unmanaged = limits_view.unmanaged + sum(held.values())
+    if held:
+        outcome = plan_for_budget(
+            budget, limits_view.limits, candidates, hpas, namespace_labels, unmanaged=unmanaged
+        )
+    demand, metrics_update, demand_detail = await read_demand(ctx, memory, budget, outcome)
     if demand:
         outcome = plan_for_budget(
-            budget, limits_view.limits, candidates, hpas, namespace_labels, demand, limits_view.unmanaged
+            budget, limits_view.limits, candidates, hpas, namespace_labels, demand, unmanaged
         )
     plan = outcome.plan
-    refusals += outcome.refused
+    refusals = [
+        still_counted(r, raw[r.namespace, r.name]) if (r.namespace, r.name) in held else r for r in refusals
+    ]
     _warn_refusals(ctx, memory, body, refusals, raw)
 
     # Order: shrink first, grow only into observed room, hold back small or too frequent growth.
@@ -561,6 +594,8 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
         limits_source=limits_view.limits.source,
         now=now_text,
         generation=generation,
+        demand_detail=demand_detail,
+        held=held,
     )
     writes += await _write_status(ctx, memory, body, status)
     ctx.metrics.record_plan(name, plan, observed)
@@ -576,6 +611,75 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
 
 
 _NO_CONDITION = ConditionUpdate(READY, "Unknown", "")
+
+
+# ---------------------------------------------------------------------------------------------------- refused
+
+
+def template_stamp(deployment: Obj) -> int | None:
+    """Connections per pod the pod template's stamp declares (what poolbudget last wrote), if any."""
+    template = (deployment.get("spec") or {}).get("template") or {}
+    raw = str(((template.get("metadata") or {}).get("annotations") or {}).get(STAMP_CONNECTIONS, ""))
+    return int(raw) if raw.isdigit() else None
+
+
+def raw_peak_pods(deployment: Obj, hpa_replicas: int | None, sizing: SizingSpec) -> int:
+    """The most pods a Deployment can run at once, read from the object as it is (it may not parse: that can
+    be why it was refused), with the same rule as the plan's; a maxSurge that does not parse counts as 25%."""
+    spec = deployment.get("spec") or {}
+    replicas = spec.get("replicas")
+    strategy = spec.get("strategy") or {}
+    max_surge = (strategy.get("rollingUpdate") or {}).get("maxSurge")
+    if not isinstance(max_surge, int | str) or isinstance(max_surge, bool):
+        max_surge = None
+    arguments = (
+        replicas if isinstance(replicas, int) and not isinstance(replicas, bool) and replicas >= 0 else None,
+        str(strategy.get("type") or "RollingUpdate"),
+    )
+    try:
+        pods, _ = peak_pods(*arguments, max_surge, hpa_replicas, sizing.count_surge, sizing.rollout_overlap)
+    except ValueError:
+        pods, _ = peak_pods(*arguments, None, hpa_replicas, sizing.count_surge, sizing.rollout_overlap)
+    return pods
+
+
+def _hpa_replicas(hpas: Iterable[Obj], mode: str) -> int | None:
+    """The replicas an HPA targeting the Deployment sizes it for (as ``manage`` reads it), if one does."""
+    for hpa in hpas:
+        if mode == "maxReplicas":
+            value = (hpa.get("spec") or {}).get("maxReplicas")
+        else:
+            value = (hpa.get("status") or {}).get("currentReplicas")
+        if isinstance(value, int) and value >= 0:
+            return value
+    return None
+
+
+def refused_footprint(
+    deployment: Obj, pods: Iterable[PodFacts], hpa_replicas: int | None, sizing: SizingSpec
+) -> int:
+    """Connections a refused Deployment still at poolbudget's settings can hold: the larger of what its pods hold
+    now and its stamp times its peak pods (a rollout of its own may surge it while poolbudget cannot act).
+
+    Its pods carry the stamp; one that does not (started before poolbudget's first write) is counted at the
+    template's stamp, as its env cannot be read without a profile, and the profile may be what is wrong.
+    """
+    per_pod = template_stamp(deployment)
+    observed = sum(p.stamp if p.stamp is not None else (per_pod or 0) for p in pods)
+    peak = per_pod * raw_peak_pods(deployment, hpa_replicas, sizing) if per_pod is not None else 0
+    return max(observed, peak)
+
+
+def still_counted(refusal: Refusal, deployment: Obj) -> Refusal:
+    """The refusal of a Deployment that keeps poolbudget's settings: say it still counts and stays as it is."""
+    per_pod = template_stamp(deployment)
+    settings = f" ({per_pod} connections per pod)" if per_pod is not None else ""
+    return Refusal(
+        refusal.namespace,
+        refusal.name,
+        f"{refusal.message}; it is still counted at its current settings{settings}, and poolbudget will not "
+        "change it until the annotation is fixed",
+    )
 
 
 def _parsed(memory: BudgetMemory, deployment: Obj) -> Deployment | str:

@@ -6,6 +6,7 @@ with what is stored, so an unchanged budget is never written (an operator restar
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -147,12 +148,27 @@ def overcommitted_update(plan: BudgetPlan) -> ConditionUpdate:
     )
 
 
-def allocations(plan: BudgetPlan, waits: Mapping[Key, Wait]) -> list[DeploymentAllocation]:
-    """Per Deployment: the planned settings and why, with what holds the change back if anything does."""
+# Ages ("confirmed 40s ago") tick on every demand read: written as is, they would rewrite the status each time.
+_AGE = re.compile(r"\b\d+s ago\b")
+
+
+def steady_demand_detail(detail: str) -> str:
+    """A demand explanation without the ages in it, so the status changes only when the decision does."""
+    return _AGE.sub("earlier", detail)
+
+
+def allocations(
+    plan: BudgetPlan, waits: Mapping[Key, Wait], demand_detail: Mapping[Key, str] | None = None
+) -> list[DeploymentAllocation]:
+    """Per Deployment: the planned settings and why, how its demand was decided (demand mode), and what holds
+    the change back if anything does."""
     out = []
     for a in plan.allocations:
         w = a.workload
         reason = a.reason
+        detail = (demand_detail or {}).get(w.key)
+        if detail:
+            reason += f"; demand: {steady_demand_detail(detail)}"
         if w.key in waits:
             reason += f"; not applied yet: {waits[w.key].value}"
         out.append(
@@ -172,6 +188,20 @@ def allocations(plan: BudgetPlan, waits: Mapping[Key, Wait]) -> list[DeploymentA
     return out
 
 
+def available_reason(plan: BudgetPlan, held: Mapping[Key, int] | None = None) -> str:
+    """The arithmetic of ``available``, naming the refused Deployments still counted in its ``unmanaged`` term
+    (they keep the settings poolbudget wrote, so their connections are real but no longer in the plan)."""
+    text = plan.availability.reason
+    counted = {key: n for key, n in sorted((held or {}).items()) if n}
+    if counted:
+        names = ", ".join(f"{ns}/{name} {n}" for (ns, name), n in counted.items())
+        text += (
+            f"; unmanaged includes {sum(counted.values())} held by refused Deployments still at their "
+            f"settings: {names}"
+        )
+    return text
+
+
 def build_status(
     *,
     previous: PoolBudgetStatus,
@@ -181,8 +211,14 @@ def build_status(
     limits_source: str | None,
     now: str,
     generation: int | None,
+    demand_detail: Mapping[Key, str] | None = None,
+    held: Mapping[Key, int] | None = None,
 ) -> PoolBudgetStatus:
-    """The status after a round. Without a plan (invalid spec, no limits), the numbers are kept as they were."""
+    """The status after a round. Without a plan (invalid spec, no limits), the numbers are kept as they were.
+
+    ``demand_detail`` explains each Deployment's demand (demand mode); ``held`` maps refused Deployments that
+    still carry this budget's settings to the connections counted for them.
+    """
     conditions = merge_conditions(previous.conditions, updates, now, generation)
     ready = condition_of(conditions, READY)
     if plan is None:
@@ -200,9 +236,9 @@ def build_status(
         deployment_count=len(plan.allocations),
         ready=ready.status if ready else None,
         limits_source=limits_source,
-        available_reason=plan.availability.reason,
+        available_reason=available_reason(plan, held),
         shortfall=plan.shortfall,
-        allocations=allocations(plan, waits),
+        allocations=allocations(plan, waits, demand_detail),
         conditions=conditions,
         observed_generation=generation,
     )
