@@ -12,6 +12,7 @@ import pytest
 
 from poolbudget import reconcile
 from poolbudget.adapters.kubernetes import NotFound, SecretError
+from poolbudget.api.models import SizingSpec
 from poolbudget.demand import DemandReading
 from poolbudget.metrics import OperatorMetrics
 from poolbudget.observe import PodFacts
@@ -243,3 +244,19 @@ def test_demand_explanations_show_in_the_allocations_and_their_ages_do_not_rewri
     cluster.calls.clear()
     assert run(context, cluster).writes == 0
     assert cluster.calls == []
+
+
+def test_a_refused_footprint_is_read_from_the_object_as_it_is() -> None:
+    deployment = stored(deployment_manifest("a", replicas=4), 2)
+    deployment["spec"]["template"]["metadata"]["annotations"] = {"poolbudget.io/connections-per-pod": "10"}
+    sizing = SizingSpec()
+    assert reconcile.refused_footprint(deployment, [], None, sizing) == 10 * (4 + 1)  # 25% of 4
+    deployment["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "lots"}}
+    assert reconcile.refused_footprint(deployment, [], 6, sizing) == 10 * (6 + 2)  # HPA max, surge as 25%
+    # Pods holding more than that (old, terminating) count as they are; an unstamped one at the template's.
+    pods = [PodFacts("default", f"a-{i}", "a", True, 30) for i in range(2)] + [
+        PodFacts("default", "a-x", "a", False)
+    ]
+    assert reconcile.refused_footprint(deployment, pods, 1, sizing) == 30 + 30 + 10
+    del deployment["spec"]["template"]["metadata"]["annotations"]
+    assert reconcile.refused_footprint(deployment, [], None, sizing) == 0  # nothing poolbudget stamped
