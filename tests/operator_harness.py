@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from poolbudget import __version__
@@ -344,3 +345,17 @@ def wait_for_rounds(operator: OperatorProcess, budget: str, at_least: int, timeo
             message=f"{at_least} reconcile rounds of {budget}",
         )
     )
+
+
+# Rebalance settings that keep the operator tests fast: a short debounce, no minimum interval between rolls.
+FAST = {"debounceSeconds": 0.2, "minIntervalSeconds": 0}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[KubernetesEmulator]:
+    """The Kubernetes API emulator with the CRDs and namespaces the operator tests use (not a real cluster)."""
+    emulator = start_cluster(tmp_path)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()

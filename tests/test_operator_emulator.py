@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.operator_harness import (
+    FAST,
     KubernetesEmulator,
     OperatorProcess,
     apply,
@@ -30,23 +31,11 @@ from tests.operator_harness import (
     operator_writes,
     running,
     settled,
-    start_cluster,
     wait_until,
     write_manifests,
 )
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(120)]
-
-FAST = {"debounceSeconds": 0.2, "minIntervalSeconds": 0}
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[KubernetesEmulator]:
-    emulator = start_cluster(tmp_path)
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
 
 
 @pytest.fixture

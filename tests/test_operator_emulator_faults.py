@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.operator_harness import (
+    FAST,
     KubernetesEmulator,
     OperatorProcess,
     apply,
@@ -23,24 +23,12 @@ from tests.operator_harness import (
     running,
     settled,
     stamp_changes,
-    start_cluster,
     wait_for_rounds,
     wait_until,
 )
 from tests.pg import PostgresServer
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(120)]
-
-FAST = {"debounceSeconds": 0.2, "minIntervalSeconds": 0}
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[KubernetesEmulator]:
-    emulator = start_cluster(tmp_path)
-    try:
-        yield emulator
-    finally:
-        emulator.stop()
 
 
 def per_process(cluster: KubernetesEmulator, name: str) -> int:

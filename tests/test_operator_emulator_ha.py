@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.operator_harness import (
+    FAST,
     OperatorProcess,
     apply,
     budget_manifest,
@@ -20,8 +21,6 @@ from tests.operator_harness import (
 )
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(120)]
-
-FAST = {"debounceSeconds": 0.2, "minIntervalSeconds": 0}
 
 
 def test_two_replicas_with_peering_one_acts_and_the_other_takes_over(tmp_path: Path) -> None:
