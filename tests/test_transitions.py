@@ -89,3 +89,10 @@ def test_a_shrink_waits_while_its_own_surge_pods_would_pass_available_unless_alr
     assert steps.waiting == ((("ns", "a"), Wait.NO_ROOM_TO_SHRINK),)
     assert order_changes([shrink, other], available=8).shrink == (("ns", "a"),)
     assert order_changes([shrink, other], available=6).shrink == (("ns", "a"),)  # over: the way back
+
+
+def test_overlap_holds_an_unsettled_rollout_even_when_over_as_sized_but_not_observed() -> None:
+    # As sized (3 x 10 = 30) the current settings pass 25, but what exists (18) does not: a second rollout
+    # beside the unsettled first would stack a third revision of pods, so it still waits.
+    rolling = move("a", 10, 6, pods=3, observed=18, settled=False, overlap_pods=2)
+    assert order_changes([rolling], available=25).waiting == ((("ns", "a"), Wait.ROLLOUT_IN_FLIGHT),)

@@ -389,3 +389,43 @@ def test_manual_scale_up_beyond_the_plan_the_operator_never_grows_into_it_and_re
             return
         assert outcome.last_over is None or outcome.last_over <= outcome.converged_at, shown
         assert outcome.footprints[-1] <= scenario.max_connections, shown
+
+
+def test_rollout_overlap_never_stacks_a_third_revision_when_only_the_sizing_is_over() -> None:
+    """Found by the random search: after an opt-in, the current settings were over as sized (not as observed);
+    a second shrink of app-3 beside its unsettled first rollout stacked three revisions of pods (19 > 18).
+    One rollout at a time yields only to an observed breach."""
+    scenario = Scenario(
+        max_connections=18,
+        shapes=(
+            Shape(
+                "app-0", replicas=0, strategy="Recreate", min_per_process=1, max_per_process=1, own_level=1
+            ),
+            Shape(
+                "app-1",
+                replicas=1,
+                strategy="Recreate",
+                processes=2,
+                max_per_process=5,
+                hpa=(1, 1),
+                own_level=2,
+            ),
+            Shape(
+                "app-2",
+                replicas=1,
+                processes=2,
+                min_per_process=1,
+                max_per_process=1,
+                hpa=(1, 2),
+                managed=False,
+                own_level=1,
+            ),
+            Shape("app-3", replicas=1, max_per_process=4, own_level=2),
+        ),
+        events=(Event(1, "scale", "app-0", 0), Event(1, "weight", "app-1", 2), Event(2, "join", "app-2")),
+        termination_delay=1,
+        overlap_sizing=True,
+    )
+    outcome = simulate(scenario)
+    assert not outcome.breaches, describe(scenario, outcome)
+    assert outcome.converged_at is not None, describe(scenario, outcome)

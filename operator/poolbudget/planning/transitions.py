@@ -114,12 +114,15 @@ def order_changes(
     # Over (now, or as sized: the current settings no longer fit their own rollout reserve, e.g. after a
     # `kubectl scale`), shrinking is the way back, whatever its rollout adds for a while.
     budgeted = sum(t.peak_pods * t.current_per_pod for t in moves)
-    over = footprint > available or budgeted > available
+    observed_over = footprint > available
+    over = observed_over or budgeted > available
     shrink_list: list[Key] = []
     transient = footprint
     for t in shrinking:
-        if not over and t.overlap_pods and not t.settled:
-            waiting.append((t.key, Wait.ROLLOUT_IN_FLIGHT))  # one rollout at a time: old pods may hold on
+        if not observed_over and t.overlap_pods and not t.settled:
+            # One rollout at a time: its old pods may still hold on. Only a real breach overrides this, since
+            # a third revision beside two unsettled ones is what overlap sizing has no room for.
+            waiting.append((t.key, Wait.ROLLOUT_IN_FLIGHT))
         elif not over and transient + t.shrink_transient > available:
             waiting.append((t.key, Wait.NO_ROOM_TO_SHRINK))  # waiting is safe: nothing grows meanwhile
         else:
