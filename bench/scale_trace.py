@@ -53,6 +53,7 @@ from sqlalchemy.engine import URL
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.apps import APPS, PoolShape  # noqa: E402
 from tests.operator_harness import (  # noqa: E402  # the repository root goes on sys.path first
     OPERATOR_ACTOR,
     KubernetesEmulator,
@@ -93,77 +94,6 @@ UTILIZATION_TARGET = 0.90
 
 
 # --------------------------------------------------------------------------------------------- the apps
-
-
-@dataclass(frozen=True)
-class PoolShape:
-    """One pool an app process builds from its env."""
-
-    kind: str  # "queuepool" or "psycopg_pool"
-    size: int  # pool_size, or min_size
-    overflow: int  # max_overflow, or max_size - min_size
-    timeout: float
-
-    @property
-    def most(self) -> int:
-        return self.size + self.overflow
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    return int(raw) if raw.isdigit() else default
-
-
-def sqlalchemy_app(env: Mapping[str, str]) -> list[PoolShape]:
-    """Seed 001's FastAPI backend: ``create_engine(pool_size=DB_POOL_SIZE, max_overflow=DB_MAX_OVERFLOW)``."""
-    return [
-        PoolShape(
-            "queuepool",
-            _int(env, "DB_POOL_SIZE", 5),
-            _int(env, "DB_MAX_OVERFLOW", 10),
-            _int(env, "DB_POOL_TIMEOUT", 30),
-        )
-    ]
-
-
-def langflow_app(env: Mapping[str, str]) -> list[PoolShape]:
-    """Langflow: the JSON replaces its default dict; the deprecated variables override the JSON."""
-    raw = env.get("LANGFLOW_DB_CONNECTION_SETTINGS")
-    settings = json.loads(raw) if raw else {"pool_size": 20, "max_overflow": 30, "pool_timeout": 30}
-    size = _int(env, "LANGFLOW_POOL_SIZE", int(settings.get("pool_size", 20)))
-    overflow = _int(env, "LANGFLOW_MAX_OVERFLOW", int(settings.get("max_overflow", 30)))
-    return [PoolShape("queuepool", size, overflow, float(settings.get("pool_timeout", 30)))]
-
-
-def letta_app(env: Mapping[str, str]) -> list[PoolShape]:
-    """Letta (seed 003): ``pg_pool_size`` 25, ``pg_max_overflow`` 10 unless set; NullPool unless pooling is on."""
-    if env.get("LETTA_DISABLE_SQLALCHEMY_POOLING", "true").lower() != "false":
-        raise ValueError("Letta runs a NullPool here: no pool size bounds it")
-    return [
-        PoolShape(
-            "queuepool",
-            _int(env, "LETTA_PG_POOL_SIZE", 25),
-            _int(env, "LETTA_PG_MAX_OVERFLOW", 10),
-            _int(env, "LETTA_PG_POOL_TIMEOUT", 30),
-        )
-    ]
-
-
-def psycopg_pool_app(env: Mapping[str, str]) -> list[PoolShape]:
-    """Seed 002: ``ConnectionPool(min_size, max_size, timeout)``; max_size defaults to min_size (4)."""
-    min_size = _int(env, "DB_POOL_MIN_SIZE", 4)
-    max_size = _int(env, "DB_POOL_MAX_SIZE", min_size)
-    return [
-        PoolShape("psycopg_pool", min_size, max(0, max_size - min_size), _int(env, "DB_POOL_TIMEOUT", 30))
-    ]
-
-
-APPS: dict[str, Callable[[Mapping[str, str]], list[PoolShape]]] = {
-    "sqlalchemy": sqlalchemy_app,
-    "langflow": langflow_app,
-    "letta": letta_app,
-    "psycopg-pool": psycopg_pool_app,
-}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ the seeds' static settings (20 + 30, and 50 + 100, per process) are refused with
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import threading
 import uuid
@@ -35,6 +34,7 @@ from poolbudget.delivery.envpatch import with_application_name
 from poolbudget.planning.budget import BudgetOutcome, plan_for_budget
 from poolbudget.planning.unmanaged import managed_application_name, unmanaged_connections
 from poolbudget.profiles import PoolSettings, resolve_profile
+from tests.apps import APPS, PoolShape
 from tests.pg import PostgresServer
 
 pytestmark = pytest.mark.postgres
@@ -131,62 +131,6 @@ HPAS = [
 
 
 # --- the apps: each reads its own env, the way the real app does --------------------------------------------
-
-
-@dataclass(frozen=True)
-class PoolShape:
-    """One pool an app process builds: a SQLAlchemy QueuePool engine or a psycopg_pool.ConnectionPool."""
-
-    kind: str  # "queuepool" or "psycopg_pool"
-    size: int  # pool_size, or min_size
-    overflow: int  # max_overflow, or max_size - min_size
-    timeout: float
-
-    @property
-    def most(self) -> int:
-        """The most connections this pool opens."""
-        return self.size + self.overflow
-
-
-def sqlalchemy_app(env: Mapping[str, str]) -> list[PoolShape]:
-    # Seed 001's backend: create_engine(pool_size=int(os.getenv("DB_POOL_SIZE", 5)), ...).
-    size, overflow = int(env.get("DB_POOL_SIZE", "5")), int(env.get("DB_MAX_OVERFLOW", "10"))
-    return [PoolShape("queuepool", size, overflow, float(env.get("DB_POOL_TIMEOUT", "30")))]
-
-
-def langflow_app(env: Mapping[str, str]) -> list[PoolShape]:
-    # Langflow: the JSON replaces its default dict; the deprecated variables override the JSON.
-    defaults = {"pool_size": 20, "max_overflow": 30, "pool_timeout": 30}
-    settings = (
-        json.loads(env["LANGFLOW_DB_CONNECTION_SETTINGS"])
-        if "LANGFLOW_DB_CONNECTION_SETTINGS" in env
-        else defaults
-    )
-    size = int(env.get("LANGFLOW_POOL_SIZE", settings.get("pool_size", 5)))
-    overflow = int(env.get("LANGFLOW_MAX_OVERFLOW", settings.get("max_overflow", 10)))
-    return [PoolShape("queuepool", size, overflow, float(settings.get("pool_timeout", 30)))]
-
-
-def airflow_app(env: Mapping[str, str]) -> list[PoolShape]:
-    # Airflow 3: [database] sql_alchemy_pool_size / max_overflow, for a sync and an async engine per process.
-    size = int(env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE", "5"))
-    overflow = int(env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW", "10"))
-    return [PoolShape("queuepool", size, overflow, 30.0)] * 2
-
-
-def psycopg_pool_app(env: Mapping[str, str]) -> list[PoolShape]:
-    # Seed 002: ConnectionPool(min_size=..., max_size=..., timeout=...); max_size defaults to min_size.
-    min_size = int(env.get("DB_POOL_MIN_SIZE", "4"))
-    max_size = int(env.get("DB_POOL_MAX_SIZE", str(min_size)))
-    return [PoolShape("psycopg_pool", min_size, max_size - min_size, float(env.get("DB_POOL_TIMEOUT", "30")))]
-
-
-APPS = {
-    "sqlalchemy": sqlalchemy_app,
-    "langflow": langflow_app,
-    "airflow": airflow_app,
-    "psycopg-pool": psycopg_pool_app,
-}
 
 
 @dataclass(frozen=True)
