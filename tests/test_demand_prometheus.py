@@ -240,7 +240,10 @@ async def test_jitter_around_a_steady_level_changes_nothing(world: World) -> Non
         f'max_over_time({OTEL_USED}{{namespace="steady"}}[6s]) - min_over_time({OTEL_USED}{{namespace="steady"}}[6s])'
     )
     assert len(swing) == 4
-    assert all(float(s["value"][1]) >= 1.0 for s in swing), swing
+    # Each series moved by at least a tenth of its jitter's width (a constant would not move at all). A tighter bar
+    # flakes: six uniform samples of cron's 3 ± 1 span less than 1.0 about one time in nine (the CI run that found it).
+    width = {"api": 8.0, "cron": 2.0}
+    assert all(float(s["value"][1]) >= width[s["metric"]["pod"].split("-")[0]] / 10 for s in swing), swing
     assert all(d == demands[0] for d in demands), demands
     assert all(p == plans[0] for p in plans), plans
     assert plans[0][API] > plans[0][CRON]  # and demand did drive the plan
