@@ -1,7 +1,9 @@
 """Zero-instrumentation demand: the operator samples ``pg_stat_activity`` itself, on a real PostgreSQL.
 
 Apps are played by real psycopg connections opened under the ``application_name`` the operator injects
-(``PGAPPNAME=<namespace>/<deployment>``); a psql-like session under another name is nobody's demand.
+(``PGAPPNAME=<namespace>/<deployment>``); a psql-like session under another name is nobody's demand. A connection
+checked out of a pool holds a transaction open (``idle in transaction``, as SQLAlchemy's do) and is in use; one
+returned to the pool stays open but ``idle``, and is not.
 """
 
 from __future__ import annotations
@@ -61,12 +63,16 @@ class Apps:
         self.held: list[psycopg.Connection[tuple[object, ...]]] = []
 
     def open(self, application_name: str, count: int) -> None:
+        """``count`` connections checked out: each in a transaction, as a pool's checked-out connection is."""
         for _ in range(count):
-            self.held.append(
-                psycopg.connect(
-                    self.server.url(), application_name=application_name, autocommit=True, connect_timeout=10
-                )
-            )
+            conn = psycopg.connect(self.server.url(), application_name=application_name, connect_timeout=10)
+            conn.execute("SELECT 1")  # opens the transaction, and leaves it open
+            self.held.append(conn)
+
+    def release(self) -> None:
+        """Every connection back to its pool: still open, now ``idle``."""
+        for conn in self.held:
+            conn.commit()
 
     def close(self) -> None:
         for conn in self.held:
@@ -131,6 +137,31 @@ async def test_samples_accumulate_over_the_window(pg100: PostgresServer, apps: A
     later = await measure_demand(pb.spec, managed, pg100.url(), state, now=t0 + 75)
     assert later.available
     assert later.demand == {WEB: 2, WORKER: 2}
+
+
+async def test_idle_connections_a_pool_keeps_are_not_demand(pg100: PostgresServer, apps: Apps) -> None:
+    # A burst checks out 20 connections; the pools then keep them all open, idle. Counting open connections
+    # would keep the demand at whatever the pools were given, for ever.
+    pb = budget(window="1m")
+    deployments = [deployment(WEB, 2), deployment(WORKER, 1)]
+    managed = plan_for_budget(pb, LIMITS, deployments).managed
+    state = DemandState()
+    t0 = 1_000_000.0
+    apps.open("shop/web", 20)
+    apps.open("shop/worker", 6)
+    pg100.wait_for_backends(lambda n: n == 26)
+    burst = await measure_demand(pb.spec, managed, pg100.url(), state, now=t0)
+    assert burst.demand == {WEB: 10, WORKER: 6}
+
+    apps.release()
+    rows = pg100.execute(
+        "SELECT state, count(*) FROM pg_stat_activity WHERE application_name LIKE 'shop/%' GROUP BY state"
+    )
+    assert rows == [("idle", 26)]  # all still open
+    later = await measure_demand(pb.spec, managed, pg100.url(), state, now=t0 + 75)
+    assert later.available, later
+    assert later.demand == {WEB: 2, WORKER: 2}  # the burst left the window; idle is nobody's demand
+    assert "(not idle)" in later.detail[WEB]
 
 
 async def test_an_app_never_seen_has_no_demand_rather_than_zero(pg100: PostgresServer, apps: Apps) -> None:

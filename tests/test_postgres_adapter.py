@@ -87,6 +87,16 @@ async def connections(url: str, application_name: str, count: int) -> AsyncItera
         yield
 
 
+async def until_active(server: PostgresServer, application_name: str) -> None:
+    """Wait (up to 10 s) until a query of ``application_name`` is running (``state = 'active'``)."""
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'"
+    for _ in range(500):
+        if server.execute(sql, [application_name]) != [(0,)]:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no query of {application_name!r} became active in 10 s")
+
+
 def by_user(backends: list[BackendCount], usename: str) -> dict[str, int]:
     """{application_name: count} of one user's rows: each test has its own role, so this isolates it."""
     return {b.application_name: b.count for b in backends if b.usename == usename}
@@ -250,8 +260,9 @@ async def test_a_plain_login_role_without_grants_reads_everything(role: Role) ->
         seen = await read_client_backends(role.url())
 
     assert limits == DatabaseLimits(100, 3, 0, -1, -1, "database")
-    # Another role's sessions: user and application_name visible, backend_type hidden, so `inferred`.
-    assert BackendCount("postgres", "someone-else", 2, inferred=True) in seen
+    # Another role's sessions: user and application_name visible, backend_type and state hidden, so `inferred`
+    # and counted in use (they are idle: the safe side of not knowing).
+    assert BackendCount("postgres", "someone-else", 2, in_use=2, inferred=True) in seen
 
 
 DOCS_DATABASE = Path(__file__).resolve().parent.parent / "docs" / "database.md"
@@ -278,7 +289,7 @@ async def test_the_role_recipe_in_the_docs_reads_everything(pg100: PostgresServe
     finally:
         pg100.execute(f'DROP ROLE "{name}"')
     assert limits.max_connections == 100
-    assert BackendCount("postgres", "someone-else", 1, inferred=True) in seen
+    assert BackendCount("postgres", "someone-else", 1, in_use=1, inferred=True) in seen
 
 
 @needs_postgres
@@ -297,12 +308,33 @@ async def test_client_backends_are_grouped_by_user_and_application_name(role: Ro
 
 
 @needs_postgres
+async def test_in_use_counts_what_is_not_idle(role: Role) -> None:
+    # A pool's checked-out connection holds a transaction ("idle in transaction"), a query runs ("active"),
+    # a connection back in its pool is "idle": open, not in use.
+    async with (
+        connections(role.url(), "shop/web", 3),
+        await psycopg.AsyncConnection.connect(role.url(), application_name="shop/web") as checked_out,
+        await psycopg.AsyncConnection.connect(role.url(), application_name="shop/web") as querying,
+    ):
+        await checked_out.execute("SELECT 1")  # and the transaction stays open
+        running = asyncio.create_task(querying.execute("SELECT pg_sleep(30)"))
+        try:
+            await until_active(role.server, "shop/web")
+            seen = await read_client_backends(role.url())
+        finally:
+            await querying.cancel_safe()
+            with contextlib.suppress(psycopg.errors.QueryCanceled):
+                await running
+    assert [b for b in seen if b.usename == role.name] == [BackendCount(role.name, "shop/web", 5, in_use=2)]
+
+
+@needs_postgres
 async def test_pg_monitor_gives_exact_counts_of_other_roles(role: Role) -> None:
     server = role.server
     server.execute(f'GRANT pg_monitor TO "{role.name}"')
     async with connections(server.url(), "someone-else", 2):
         seen = await read_client_backends(role.url())
-    assert BackendCount("postgres", "someone-else", 2, inferred=False) in seen
+    assert BackendCount("postgres", "someone-else", 2, in_use=0, inferred=False) in seen  # idle, and seen so
 
 
 @needs_postgres

@@ -287,19 +287,24 @@ async def _from_pg_stat_activity(
         found.fail(DATABASE_UNREACHABLE, f"pg_stat_activity: {exc}")
         return
     found.answered = True
-    counts: dict[str, int] = {}
+    # In use, not open: a pool keeps idle connections open, and counting them would make demand whatever the
+    # pools were last given. A connection is seen (its app reports PGAPPNAME) when it is open at all.
+    in_use: dict[str, int] = {}
+    opened: set[str] = set()
     for backend in backends:
-        counts[backend.application_name] = counts.get(backend.application_name, 0) + backend.count
+        in_use[backend.application_name] = in_use.get(backend.application_name, 0) + backend.in_use
+        if backend.count:
+            opened.add(backend.application_name)
     window = window_seconds(spec.metrics.window)
     for subject in subjects:
         app = reported_application_name(managed_application_name(*subject.key))
-        history = trim_history(state.activity.get(subject.key, ()), now, window, float(counts.get(app, 0)))
+        history = trim_history(state.activity.get(subject.key, ()), now, window, float(in_use.get(app, 0)))
         state.activity[subject.key] = history
-        if subject.key in found.measurements:
-            continue  # Prometheus measured it: in use + waiting says more than connections open
-        source = f"pg_stat_activity application_name={app!r}"
-        if any(total > 0 for _, total in history):
+        if app in opened:
             state.activity_seen.add(subject.key)
+        if subject.key in found.measurements:
+            continue  # Prometheus measured it: in use + waiting says more than pg_stat_activity's instants
+        source = f"pg_stat_activity application_name={app!r} (not idle)"
         # Never seen: its driver may not report PGAPPNAME (asyncpg, JDBC), so zero would be a guess, not a fact.
         if subject.key in state.activity_seen:
             found.measurements[subject.key] = measure_totals(history, subject.shape, source)

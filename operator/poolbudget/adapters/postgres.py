@@ -65,10 +65,13 @@ WHERE name IN ('max_connections', 'superuser_reserved_connections', 'reserved_co
 """
 _DATABASE_SQL = "SELECT datconnlimit FROM pg_database WHERE datname = current_database()"
 _ROLE_SQL = "SELECT rolconnlimit, rolsuper FROM pg_roles WHERE rolname = coalesce(%s, session_user)"
-# Without pg_read_all_stats, other roles' backend_type reads NULL: a row with a user and a database counts
-# as a client backend then; it may be a parallel or logical-replication worker, erring on the safe side.
+# Without pg_read_all_stats, other roles' backend_type and state read NULL: a row with a user and a database
+# counts as a client backend then (it may be a parallel or logical-replication worker), and as in use: both err
+# on the safe side.
 _BACKENDS_SQL = """
-SELECT usename, application_name, count(*) AS backends, bool_or(backend_type IS NULL) AS inferred
+SELECT usename, application_name, count(*) AS backends,
+       count(*) FILTER (WHERE state IS DISTINCT FROM 'idle') AS in_use,
+       bool_or(backend_type IS NULL) AS inferred
 FROM pg_stat_activity
 WHERE pid <> pg_backend_pid()
   AND (backend_type = 'client backend'
@@ -119,13 +122,16 @@ class DatabaseURLInvalid(DatabaseError):
 class BackendCount:
     """Client backends in ``pg_stat_activity`` with one (user, application_name).
 
-    ``inferred`` is True when the server hid these rows' ``backend_type`` from us (another role's sessions and
-    no ``pg_read_all_stats``): they were counted because they have a user and a database.
+    ``count`` is every such backend, open; ``in_use`` those not ``idle`` (running a query, or holding a
+    transaction open, as a pool's checked-out connection does). ``inferred`` is True when the server hid these
+    rows' ``backend_type`` and ``state`` from us (another role's sessions and no ``pg_read_all_stats``): they
+    were counted because they have a user and a database, and counted in use because nothing says otherwise.
     """
 
     usename: str
     application_name: str
     count: int
+    in_use: int = 0
     inferred: bool = False
 
 
@@ -312,7 +318,8 @@ async def read_limits(url: str, *, role: str | None = None, timeout: float = 5.0
 
 
 async def read_client_backends(url: str, *, timeout: float = 5.0) -> list[BackendCount]:  # noqa: ASYNC109
-    """Client backends now in ``pg_stat_activity``, grouped by (usename, application_name), sorted.
+    """Client backends now in ``pg_stat_activity``, grouped by (usename, application_name), sorted, with
+    how many of them are in use.
 
     The adapter's own connection is left out. A plain role sees other roles' rows with their user and
     application_name but not their ``backend_type``: see :class:`BackendCount`'s ``inferred`` and
@@ -322,7 +329,8 @@ async def read_client_backends(url: str, *, timeout: float = 5.0) -> list[Backen
     async with _bounded(target, "reading pg_stat_activity", timeout), _connection(target, timeout) as conn:
         rows = await _fetch(conn, _BACKENDS_SQL)
     return [
-        BackendCount(str(user), str(app or ""), int(n), bool(inferred)) for user, app, n, inferred in rows
+        BackendCount(str(user), str(app or ""), int(n), int(busy), bool(inferred))
+        for user, app, n, busy, inferred in rows
     ]
 
 

@@ -195,7 +195,8 @@ class MetricsSpec(Model):
         description="PromQL template overriding the profile's default; {namespace}, {deployment}, {window}.",
     )
     pg_stat_activity: bool = Field(
-        False, description="Also sample pg_stat_activity by application_name (no app instrumentation needed)."
+        False,
+        description="Also sample connections in use (not idle) in pg_stat_activity by application_name (no app instrumentation needed).",
     )
 
     @field_validator("window")
