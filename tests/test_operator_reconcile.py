@@ -13,9 +13,11 @@ import pytest
 from poolbudget import reconcile
 from poolbudget.adapters.kubernetes import NotFound, SecretError
 from poolbudget.api.models import SizingSpec
+from poolbudget.context import Context, RoundResult, View
 from poolbudget.demand import DemandReading
 from poolbudget.metrics import OperatorMetrics
 from poolbudget.observe import PodFacts
+from poolbudget.refused import refused_footprint
 from tests.emulator.defaults import default_deployment
 from tests.emulator.patching import strategic_merge_patch
 from tests.operator_harness import budget_manifest, deployment_manifest
@@ -78,22 +80,22 @@ def stored(manifest: dict[str, Any], version: int) -> dict[str, Any]:
     return obj
 
 
-def world(**spec: Any) -> tuple[FakeCluster, reconcile.Context, Events]:
+def world(**spec: Any) -> tuple[FakeCluster, Context, Events]:
     budget = stored(budget_manifest(max_connections=60, **spec), 1)
     deployments = [stored(deployment_manifest(n), i + 2) for i, n in enumerate("ab")]
     cluster = FakeCluster(deployments, budget)
     events = Events()
-    context = reconcile.Context(
+    context = Context(
         cluster=cluster, events=events, metrics=OperatorMetrics(), operator_namespace="poolbudget"
     )
     return cluster, context, events
 
 
-def view(cluster: FakeCluster, pods: dict[tuple[str, str], list[PodFacts]] | None = None) -> reconcile.View:
-    return reconcile.View({"main": list(cluster.deployments.values())}, {}, pods or {}, {})
+def view(cluster: FakeCluster, pods: dict[tuple[str, str], list[PodFacts]] | None = None) -> View:
+    return View({"main": list(cluster.deployments.values())}, {}, pods or {}, {})
 
 
-def run(context: reconcile.Context, cluster: FakeCluster) -> reconcile.RoundResult:
+def run(context: Context, cluster: FakeCluster) -> RoundResult:
     return asyncio.run(reconcile.reconcile_budget(context, cluster.budget, view(cluster)))
 
 
@@ -250,13 +252,13 @@ def test_a_refused_footprint_is_read_from_the_object_as_it_is() -> None:
     deployment = stored(deployment_manifest("a", replicas=4), 2)
     deployment["spec"]["template"]["metadata"]["annotations"] = {"poolbudget.io/connections-per-pod": "10"}
     sizing = SizingSpec()
-    assert reconcile.refused_footprint(deployment, [], None, sizing) == 10 * (4 + 1)  # 25% of 4
+    assert refused_footprint(deployment, [], None, sizing) == 10 * (4 + 1)  # 25% of 4
     deployment["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "lots"}}
-    assert reconcile.refused_footprint(deployment, [], 6, sizing) == 10 * (6 + 2)  # HPA max, surge as 25%
+    assert refused_footprint(deployment, [], 6, sizing) == 10 * (6 + 2)  # HPA max, surge as 25%
     # Pods holding more than that (old, terminating) count as they are; an unstamped one at the template's.
     pods = [PodFacts("default", f"a-{i}", "a", True, 30) for i in range(2)] + [
         PodFacts("default", "a-x", "a", False)
     ]
-    assert reconcile.refused_footprint(deployment, pods, 1, sizing) == 30 + 30 + 10
+    assert refused_footprint(deployment, pods, 1, sizing) == 30 + 30 + 10
     del deployment["spec"]["template"]["metadata"]["annotations"]
-    assert reconcile.refused_footprint(deployment, [], None, sizing) == 0  # nothing poolbudget stamped
+    assert refused_footprint(deployment, [], None, sizing) == 0  # nothing poolbudget stamped

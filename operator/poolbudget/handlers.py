@@ -14,10 +14,11 @@ from typing import Any
 
 import kopf
 
-from poolbudget import reconcile
+from poolbudget import apply, reconcile
 from poolbudget.adapters.kubernetes import KubernetesError
 from poolbudget.api.models import GROUP, PLURAL, VERSION
 from poolbudget.api.workloads import budget_of
+from poolbudget.context import View
 from poolbudget.delivery.envpatch import MANAGED_BY, managed_by
 from poolbudget.observe import PodFacts, pod_facts
 from poolbudget.runner import Runtime
@@ -190,7 +191,7 @@ async def deployment_changed(
         runtime.unknown_warned.pop(key, None)
     if owner is not None and owner not in budget_names and type != "DELETED":
         # Its budget is gone without releasing it (finalizer removed by hand): give it its env back.
-        await reconcile.release_orphan(context, _plain(body))
+        await apply.release_orphan(context, _plain(body))
 
 
 @kopf.on.event("v1", "pods", registry=registry)  # type: ignore[arg-type]  # indexes by name
@@ -262,7 +263,7 @@ async def budget_loop(
     **_: Any,
 ) -> None:
     """One loop per PoolBudget, for as long as it exists (kopf cancels it on deletion and on shutdown)."""
-    view = reconcile.View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
+    view = View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
     # kopf keeps `body` current with every watch event of the budget.
     await reconcile.run_budget_loop(_runtime(memo).context, name, lambda: body, view)
 
@@ -280,9 +281,9 @@ async def budget_deleted(
 ) -> None:
     """Give every Deployment of a deleted budget its own env back before the budget goes."""
     runtime = _runtime(memo)
-    view = reconcile.View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
+    view = View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
     try:
-        await reconcile.release_budget(runtime.context, name, uid, view)
+        await apply.release_budget(runtime.context, name, uid, view)
     except KubernetesError as exc:
         raise kopf.TemporaryError(str(exc), delay=1) from None
 

@@ -20,9 +20,9 @@ import kopf
 
 from poolbudget import __version__
 from poolbudget.adapters.kubernetes import Cluster
+from poolbudget.context import Context
 from poolbudget.metrics import DEFAULT_PORT, OperatorMetrics
 from poolbudget.planning.budget import Key
-from poolbudget.reconcile import Context
 
 logger = logging.getLogger(__name__)
 

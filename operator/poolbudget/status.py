@@ -254,10 +254,11 @@ def status_differs(stored: Mapping[str, Any] | None, document: Mapping[str, Any]
     """Whether writing ``document`` would change the stored status (fields others keep there are ignored)."""
     stored = stored or {}
     return any(stored.get(key) != value for key, value in document.items()) or any(
-        key not in document for key in stored if key in _OWNED_FIELDS
+        key not in document for key in stored if key in OWNED_FIELDS
     )
 
 
-_OWNED_FIELDS = frozenset(
+# The status fields poolbudget writes (others may keep fields of their own in the status).
+OWNED_FIELDS = frozenset(
     PoolBudgetStatus.model_fields[name].alias or name for name in PoolBudgetStatus.model_fields
 )
