@@ -1,9 +1,9 @@
 """kopf wiring, and nothing else: settings, indexes, wake-ups, one daemon per PoolBudget, its deletion, probes.
 
-No decisions here: the indexes keep plain facts, the event handlers only wake the loops of the budgets concerned,
-and every round is :func:`poolbudget.reconcile.reconcile_budget`. Deployments, HPAs, pods and namespaces are only
-observed (indexes and ``on.event``): kopf keeps no progress, diff-base or finalizer on them, so users' objects
-carry nothing from kopf.
+No decisions here: the indexes keep plain facts, the event handlers carry out what ``poolbudget.wakeups`` makes of
+an event (wake the loops of the budgets concerned, warn, release), and every round is
+:func:`poolbudget.reconcile.reconcile_budget`. Deployments, HPAs, pods and namespaces are only observed (indexes
+and ``on.event``): kopf keeps no progress, diff-base or finalizer on them, so users' objects carry nothing from kopf.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from poolbudget.adapters.kubernetes import KubernetesError
 from poolbudget.api.models import GROUP, PLURAL, VERSION
 from poolbudget.api.workloads import budget_of
 from poolbudget.context import View
-from poolbudget.delivery.envpatch import MANAGED_BY, managed_by
+from poolbudget.delivery.envpatch import MANAGED_BY
 from poolbudget.observe import PodFacts, pod_facts
 from poolbudget.runner import Runtime
 
@@ -150,47 +150,20 @@ def budget_names(name: str, **_: Any) -> dict[str, bool]:
 # ------------------------------------------------------------------------------------------------ wake-ups
 
 
-def _signature(body: kopf.Body) -> tuple[Any, ...]:
-    """What of a Deployment can change a plan: its spec (generation) and poolbudget's annotations."""
-    annotations = body.metadata.annotations
-    ours = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("poolbudget.io/")))
-    return body.metadata.get("generation"), ours
-
-
 @kopf.on.event("apps", "v1", "deployments", registry=registry)  # type: ignore[arg-type]  # indexes by name
 async def deployment_changed(
     type: str, body: kopf.Body, name: str, memo: Any, budget_names: kopf.Index[str, bool], **_: Any
 ) -> None:
-    """Wake the budgets a Deployment names (now or before) when something that matters changed; warn once when
-    it names a budget that does not exist; release it when its budget is gone without having released it."""
+    """Wake the budgets a Deployment names (now or before), warn that the budget it names does not exist, or give
+    it its env back when its budget is gone: as :meth:`WatchMemory.deployment_event` decides."""
     runtime = _runtime(memo)
     context = runtime.context
     key = (body.metadata.namespace or "", name)
-    annotations = dict(body.metadata.annotations)
-    wanted, owner = budget_of(annotations), managed_by(body)
-    now = {n for n in (wanted, owner) if n}
-    concerned = now | runtime.last_budgets.pop(key, set())
-    if now and type != "DELETED":
-        runtime.last_budgets[key] = now
-    signature = _signature(body)
-    changed = type == "DELETED" or runtime.signatures.get(key) != signature
-    runtime.signatures[key] = signature
-    if type == "DELETED":
-        runtime.signatures.pop(key, None)
-    # Status-only updates (the controller rolling pods) matter only to a budget waiting for a rollout; the echo
-    # of our own patch brings nothing new.
-    context.wake(
-        n for n in concerned if (changed and not context.own_echo(n, body)) or context.awaiting_rollouts(n)
-    )
-    if wanted is not None and wanted not in budget_names:
-        message = f"annotation poolbudget.io/budget names PoolBudget {wanted!r}, which does not exist"
-        if runtime.unknown_warned.get(key) != message:
-            runtime.unknown_warned[key] = message
-            context.events.warning(body, "UnknownBudget", message)
-    else:
-        runtime.unknown_warned.pop(key, None)
-    if owner is not None and owner not in budget_names and type != "DELETED":
-        # Its budget is gone without releasing it (finalizer removed by hand): give it its env back.
+    news = runtime.watch.deployment_event(context, type, key, body, budget_names)
+    context.wake(news.wake)
+    if news.unknown_budget is not None:
+        context.events.warning(body, "UnknownBudget", news.unknown_budget)
+    if news.orphaned:
         await apply.release_orphan(context, _plain(body))
 
 
@@ -217,16 +190,9 @@ def hpa_changed(
 ) -> None:
     """An HPA's bounds (or, for sizing by currentReplicas, its replicas) size its Deployment's peak."""
     runtime = _runtime(memo)
-    namespace = body.metadata.namespace or ""
-    hpa_key = ("hpa/" + namespace, body.metadata.name or "")
-    signature = (body.metadata.get("generation"), (body.get("status") or {}).get("currentReplicas"))
-    if type == "DELETED":
-        runtime.signatures.pop(hpa_key, None)
-    elif runtime.signatures.get(hpa_key) == signature:
+    if not runtime.watch.hpa_event(type, body):
         return
-    else:
-        runtime.signatures[hpa_key] = signature
-    key = (namespace, str((spec.get("scaleTargetRef") or {}).get("name", "")))
+    key = (body.metadata.namespace or "", str((spec.get("scaleTargetRef") or {}).get("name", "")))
     if key in deployment_budgets:
         for names in deployment_budgets[key]:
             runtime.context.wake(names)
@@ -242,9 +208,7 @@ def namespace_changed(memo: Any, budget_names: kopf.Index[str, bool], **_: Any) 
 def budget_changed(name: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     """A new spec wakes the budget's loop; status writes (ours) and kopf's own marks do not."""
     runtime = _runtime(memo)
-    generation = body.metadata.get("generation")
-    if runtime.budget_generations.get(name) != generation:
-        runtime.budget_generations[name] = generation
+    if runtime.watch.budget_event(name, body.metadata.get("generation")):
         runtime.context.wake([name])
 
 

@@ -22,7 +22,7 @@ from poolbudget import __version__
 from poolbudget.adapters.kubernetes import Cluster
 from poolbudget.context import Context
 from poolbudget.metrics import DEFAULT_PORT, OperatorMetrics
-from poolbudget.planning.budget import Key
+from poolbudget.wakeups import WatchMemory
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ class Runtime:
     context: Context
     standalone: bool
     priority: int
-    last_budgets: dict[Key, set[str]] = field(default_factory=dict)  # budgets each Deployment named last
-    unknown_warned: dict[Key, str] = field(default_factory=dict)
-    signatures: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # what of each Deployment was seen
-    budget_generations: dict[str, Any] = field(default_factory=dict)
+    watch: WatchMemory = field(default_factory=WatchMemory)  # what the event handlers saw
 
     def close(self) -> None:
         self.cluster.close()
