@@ -8,13 +8,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from operator import attrgetter
+from operator import attrgetter, mul
 
 from poolbudget.planning.limits import Availability
-from poolbudget.planning.waterfill import Claim, fill
+from poolbudget.planning.waterfill import fill_levels
 
-# Plans list Deployments by (namespace, name); attrgetter sorts without a Python call per item.
-_BY_KEY = attrgetter("namespace", "name")
+# Plans list Deployments by (namespace, name), sorted by one, then the other; attrgetter sorts without a Python
+# call per item.
+_BY_NAME = attrgetter("name")
+_BY_NAMESPACE = attrgetter("namespace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,34 +145,39 @@ def plan_budget(name: str, availability: Availability, workloads: Iterable[Workl
     max without demand), then, if anything is left, up to each one's max. If the minimums do not fit, the plan is
     the fairest split that does (levels between 1 and the minimum) and ``shortfall`` says what is missing.
     """
-    ordered = sorted(workloads, key=_BY_KEY)
+    # By name, then (stably) by namespace: the (namespace, name) order, comparing strings instead of tuples,
+    # in half the time.
+    ordered = sorted(workloads, key=_BY_NAME)
+    ordered.sort(key=_BY_NAMESPACE)
     budget = availability.available
-    # Each multiplier once: a property costs a call, and 10,000 Deployments are planned in well under 100 ms.
-    multipliers = [w.multiplier for w in ordered]
-    running = [i for i, m in enumerate(multipliers) if m > 0]
-    at_minimum = sum(multipliers[i] * ordered[i].min_per_process for i in running)
+    # What the fill needs, as parallel lists in plan order, read in one pass over the Workloads: at 10,000 they
+    # outgrow the CPU caches, and each pass costs a cache miss per Deployment. The fill works on the lists,
+    # with no object per Deployment. One without pods draws nothing (multiplier 0): the fill passes it by.
+    multipliers: list[int] = []
+    minimums: list[int] = []
+    weights: list[int] = []
+    needs: list[int] = []
+    maximums: list[int] = []
+    for w in ordered:
+        multipliers.append(max(w.multiplier, 0))
+        minimums.append(w.min_per_process)
+        weights.append(w.weight)
+        needs.append(w.demand_cap)
+        maximums.append(w.max_per_process)
+    at_minimum = sum(map(mul, multipliers, minimums))
     shortfall = max(0, at_minimum - budget)
-    claims = {
-        i: Claim(multipliers[i], ordered[i].min_per_process, ordered[i].demand_cap, ordered[i].weight)
-        for i in running
-    }
     if shortfall:
-        for i, claim in claims.items():
-            claim.level, claim.cap = 1, ordered[i].min_per_process
-        fill(budget - sum(multipliers[i] for i in running), list(claims.values()))
+        # From 1 up to the minimum; one without pods is held at its minimum.
+        levels = [1 if m else low for m, low in zip(multipliers, minimums, strict=True)]
+        fill_levels(budget - sum(multipliers), multipliers, levels, minimums, weights)
     else:
-        remaining = fill(budget - at_minimum, list(claims.values()))
-        for i, claim in claims.items():
-            claim.cap = ordered[i].max_per_process
-        fill(remaining, list(claims.values()))
+        levels = minimums.copy()
+        remaining = fill_levels(budget - at_minimum, multipliers, levels, needs, weights)
+        fill_levels(remaining, multipliers, levels, maximums, weights)
     allocations = []
-    for i, w in enumerate(ordered):
-        found = claims.get(i)
-        level = w.min_per_process if found is None else found.level
+    for w, level, m in zip(ordered, levels, multipliers, strict=True):
         pool_size, overflow = split(level, w.has_overflow, w.overflow_ratio)
-        allocations.append(
-            Allocation(w, level, pool_size, overflow, _bound(w, level, found is None, shortfall))
-        )
+        allocations.append(Allocation(w, level, pool_size, overflow, _bound(w, level, m == 0, shortfall)))
     return BudgetPlan(name, availability, tuple(allocations), shortfall)
 
 

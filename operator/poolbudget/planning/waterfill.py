@@ -9,7 +9,10 @@ pool of every process of every pod). The rule, stated as the slow reference gree
 A claimant whose step does not fit is never considered again (the remaining budget only shrinks).
 ``fill`` computes exactly the reference's result, fast: it jumps to the greedy state at a level ``mu``
 (every position below ``mu`` filled, none above), chosen so that no claimant could have been skipped on
-the way, and finishes with the greedy itself on a heap.
+the way, and finishes with the greedy itself.
+
+The work is done on parallel lists (``fill_levels``, one index per claimant), which is what the planner
+hands it: no object per claimant. ``fill`` is the same rule over ``Claim`` objects.
 """
 
 from __future__ import annotations
@@ -35,11 +38,31 @@ class Claim:
 
 def fill(budget: int, claims: Sequence[Claim]) -> int:
     """Raise the claims' levels by the reference greedy within ``budget``; return what is left unused."""
-    active = [i for i, c in enumerate(claims) if c.level < c.cap and c.multiplier > 0]
-    if not active or budget <= 0:
+    levels = [c.level for c in claims]
+    left = fill_levels(
+        budget, [c.multiplier for c in claims], levels, [c.cap for c in claims], [c.weight for c in claims]
+    )
+    for c, level in zip(claims, levels, strict=True):
+        c.level = level
+    return left
+
+
+def fill_levels(
+    budget: int, multipliers: Sequence[int], levels: list[int], caps: Sequence[int], weights: Sequence[int]
+) -> int:
+    """``fill`` on parallel lists (claimant ``i`` is ``multipliers[i]``, ``levels[i]``, ...): ``levels`` is
+    raised in place; return what is left of ``budget``."""
+    if budget <= 0:
         return budget
-    budget = _jump(budget, claims, active)
-    return _greedy(budget, claims, active)
+    active = [
+        i
+        for i, (m, level, cap) in enumerate(zip(multipliers, levels, caps, strict=True))
+        if level < cap and m > 0
+    ]
+    if not active:
+        return budget
+    budget = _jump(budget, multipliers, levels, caps, weights, active)
+    return _greedy(budget, multipliers, levels, caps, weights, active)
 
 
 def reference_fill(budget: int, claims: Sequence[Claim]) -> int:
@@ -61,32 +84,35 @@ def reference_fill(budget: int, claims: Sequence[Claim]) -> int:
         budget -= claims[best].multiplier
 
 
-def _jump(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
+def _jump(
+    budget: int,
+    multipliers: Sequence[int],
+    levels: list[int],
+    caps: Sequence[int],
+    weights: Sequence[int],
+    active: list[int],
+) -> int:
     """Move every active claim to the greedy state at the highest level that keeps a full step in hand.
 
     The relaxed (real-valued) cost of raising everyone to level ``lam`` is piecewise linear; we solve it for
     a target that leaves room for rounding up (one step per claim) and for the largest single step, so the
     greedy could not have skipped anyone before reaching that state.
     """
-    largest_step = 0
-    rounding = 0
+    steps = [multipliers[i] for i in active]
+    largest_step = max(steps)
+    target = budget - largest_step - sum(steps)  # the sum: rounding up costs at most one step per claim
+    if target <= 0:
+        return budget
     # Slope of the relaxed cost changes at lam = level/weight (starts rising) and lam = cap/weight (stops).
     # Changes at the same point are summed first (no cost accrues between equal points): levels and weights
     # are small integers, so thousands of claims share a few hundred points, and only those are sorted.
     slope_change: dict[float, int] = {}
-    for i in active:
-        c = claims[i]
-        step = c.multiplier
-        rounding += step
-        if step > largest_step:
-            largest_step = step
-        rate = step * c.weight
-        start, stop = c.level / c.weight, c.cap / c.weight
+    for i, step in zip(active, steps, strict=True):
+        weight = weights[i]
+        rate = step * weight
+        start, stop = levels[i] / weight, caps[i] / weight
         slope_change[start] = slope_change.get(start, 0) + rate
         slope_change[stop] = slope_change.get(stop, 0) - rate
-    target = budget - largest_step - rounding
-    if target <= 0:
-        return budget
     cost = 0.0
     slope = 0
     points = sorted(slope_change)
@@ -101,38 +127,58 @@ def _jump(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
         slope += slope_change[at]
     # Round mu down to a dyadic rational; the exact integer state below is the greedy state at mu.
     mu = int(lam * _ONE)
-    raised: list[tuple[int, int]] = []
+    jumped = levels.copy()
     spent = 0
-    for i in active:
-        c = claims[i]
-        level = (mu * c.weight + _ONE - 1) >> _SHIFT
-        if level > c.cap:
-            level = c.cap
-        if level > c.level:
-            spent += (level - c.level) * c.multiplier
-            raised.append((i, level))
+    for i, step in zip(active, steps, strict=True):
+        level = (mu * weights[i] + _ONE - 1) >> _SHIFT
+        if level > caps[i]:
+            level = caps[i]
+        if level > jumped[i]:
+            spent += (level - jumped[i]) * step
+            jumped[i] = level
     if spent > budget - largest_step:  # float error in lam: skip the jump, the greedy alone is still exact
         return budget
-    for i, level in raised:
-        claims[i].level = level
+    levels[:] = jumped
     return budget - spent
 
 
-def _greedy(budget: int, claims: Sequence[Claim], active: list[int]) -> int:
-    heap = [(claims[i].level / claims[i].weight, i) for i in active if claims[i].level < claims[i].cap]
-    heapq.heapify(heap)
-    # Once no step fits any more (typically the budget is spent to 0), stop instead of popping every claim.
-    smallest = min((claims[i].multiplier for _, i in heap), default=0)
-    while heap and budget >= smallest:
-        i = heap[0][1]
-        c = claims[i]
-        if c.multiplier > budget:
-            heapq.heappop(heap)  # excluded for good: the budget never grows
-            continue
-        c.level += 1
-        budget -= c.multiplier
-        if c.level < c.cap:
-            heapq.heapreplace(heap, (c.level / c.weight, i))  # one sift instead of a pop and a push
-        else:
-            heapq.heappop(heap)
+def _greedy(
+    budget: int,
+    multipliers: Sequence[int],
+    levels: list[int],
+    caps: Sequence[int],
+    weights: Sequence[int],
+    active: list[int],
+) -> int:
+    """The reference greedy itself, from where the jump left off.
+
+    Claims are queued by the ``level / weight`` of their next step; the claims that share one (thousands do:
+    levels and weights are small integers) wait in one group, so the heap orders the few distinct values
+    and each step is a list append, not a heap operation over every claim. A group is taken in index order.
+    """
+    waiting: dict[float, list[int]] = {}
+    for i in active:
+        if levels[i] < caps[i]:
+            waiting.setdefault(levels[i] / weights[i], []).append(i)
+    if not waiting:
+        return budget
+    # Once no step fits any more (typically the budget is spent to 0), stop instead of visiting every claim.
+    smallest = min(multipliers[i] for group in waiting.values() for i in group)
+    keys = list(waiting)
+    heapq.heapify(keys)
+    while keys and budget >= smallest:
+        for i in sorted(waiting.pop(heapq.heappop(keys))):
+            step = multipliers[i]
+            if step > budget:
+                continue  # excluded for good: the budget never grows
+            level = levels[i] + 1
+            levels[i] = level
+            budget -= step
+            if level < caps[i]:
+                key = level / weights[i]  # always higher than the group's: it waits for a later turn
+                if key in waiting:
+                    waiting[key].append(i)
+                else:
+                    waiting[key] = [i]
+                    heapq.heappush(keys, key)
     return budget
