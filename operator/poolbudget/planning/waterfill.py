@@ -104,13 +104,17 @@ def _jump(
     if target <= 0:
         return budget
     # Slope of the relaxed cost changes at lam = level/weight (starts rising) and lam = cap/weight (stops).
-    # Changes at the same point are summed first (no cost accrues between equal points): levels and weights
-    # are small integers, so thousands of claims share a few hundred points, and only those are sorted.
-    slope_change: dict[float, int] = {}
+    # Levels, caps and weights are small integers, so thousands of claims come in a few hundred distinct
+    # (level, cap, weight): steps are summed per triple first, then slope changes per point (no cost accrues
+    # between equal points), and only those points are sorted.
+    summed: dict[tuple[int, int, int], int] = {}
     for i, step in zip(active, steps, strict=True):
-        weight = weights[i]
+        key = (levels[i], caps[i], weights[i])
+        summed[key] = summed.get(key, 0) + step
+    slope_change: dict[float, int] = {}
+    for (level, cap, weight), step in summed.items():
         rate = step * weight
-        start, stop = levels[i] / weight, caps[i] / weight
+        start, stop = level / weight, cap / weight
         slope_change[start] = slope_change.get(start, 0) + rate
         slope_change[stop] = slope_change.get(stop, 0) - rate
     cost = 0.0
