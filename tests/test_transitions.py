@@ -96,3 +96,30 @@ def test_overlap_holds_an_unsettled_rollout_even_when_over_as_sized_but_not_obse
     # beside the unsettled first would stack a third revision of pods, so it still waits.
     rolling = move("a", 10, 6, pods=3, observed=18, settled=False, overlap_pods=2)
     assert order_changes([rolling], available=25).waiting == ((("ns", "a"), Wait.ROLLOUT_IN_FLIGHT),)
+
+
+def test_growth_counts_a_rolling_deployment_as_sized_not_only_as_observed() -> None:
+    # b runs 1 pod at 2 but is sized for 2 (1 + surge): its rollout starts a pod at 3 beside the old one (5),
+    # so room is measured from 2 x 2 = 4, not from the 2 it holds now. Found by the transitions simulation.
+    steady = move("b", 2, 3, pods=2, observed=2, surge_pods=1)
+    neighbour = move("a", 6, 6, pods=1, observed=12)  # 6 more than sized: a pod not yet gone
+    assert order_changes([neighbour, steady], available=16).waiting == ((("ns", "b"), Wait.NO_ROOM),)
+    assert order_changes([neighbour, steady], available=18).grow == (("ns", "b"),)
+
+
+def test_over_as_sized_only_a_deployment_with_pods_still_coming_shrinks_past_available() -> None:
+    # As sized, a (2 pods at 10 + 1 surge) passes 20; observed it holds 20. Settled, its surge pod would pass
+    # available for nothing that will not pass by itself: it waits. Scaled up and still starting pods: it goes.
+    full = move("a", 10, 6, pods=3, observed=20, surge_pods=1)
+    assert order_changes([full], available=20).waiting == ((("ns", "a"), Wait.NO_ROOM_TO_SHRINK),)
+    coming = move("a", 10, 6, pods=3, observed=20, surge_pods=1, settled=False)
+    assert order_changes([coming], available=20).shrink == (("ns", "a"),)
+
+
+def test_a_deployment_still_rolling_or_scaling_down_does_not_grow() -> None:
+    # Its terminating pods hold connections beyond what it is sized for, and a rolling grow would add new
+    # pods beside them: it waits for them to go (any sizing).
+    scaled_down = move("a", 6, 9, pods=1, observed=12, settled=False)
+    assert order_changes([scaled_down], available=100).waiting == ((("ns", "a"), Wait.ROLLOUT_IN_FLIGHT),)
+    gone = move("a", 6, 9, pods=1, observed=6)
+    assert order_changes([gone], available=100).grow == (("ns", "a"),)

@@ -3,13 +3,14 @@
 Pure: the operator (and the transitions simulation in the tests) pass in what they observed; this decides which
 Deployments to change now and which must wait. The rules (SPEC.md, "The invariant"):
 
-- shrinks go first; one waits only while the budget is within `available` (observed, and as its current settings
-  are sized) and its rolling update's own new pods (started before the old ones go) would pass it; over
-  `available`, every shrink goes: it is the way back;
+- shrinks go first; one waits while its rolling update's own new pods (started before the old ones go) would
+  take the observed footprint over `available`; over `available` already, every shrink goes: it is the way back,
+  and so does the shrink of a Deployment over as sized whose own pods are still coming (a `kubectl scale`);
 - no Deployment grows while any shrink is being applied or still rolling out (its old pods, running or
   terminating, still hold connections at the old settings);
-- then grows are applied, in a stable order, only while the observed footprint (every pod that exists, at the
-  settings it started with) plus the planned growth of everything growing stays within `available`;
+- then grows are applied, in a stable order, only while the footprint (each Deployment as sized at its current
+  settings, or as observed where more pods than that hold connections, terminating ones included) plus the
+  planned growth of everything growing stays within `available`;
 - growth smaller than the hysteresis threshold, or sooner than the minimum interval after the last roll, waits;
   a shrink never waits for either.
 
@@ -55,6 +56,15 @@ class Transition:
         return self.peak_pods * (self.target_per_pod - self.current_per_pod)
 
     @property
+    def reserved(self) -> int:
+        """What it may hold before any change of ours: as sized at its current settings, or as observed where
+        more pods than that hold connections (a scale-down's terminating pods). A steady rolling Deployment runs
+        fewer pods than its peak; its HPA, or its next rollout, fills that reserve at the current settings. With
+        rolloutOverlap the rollouts are counted by ``growth`` instead, on top of this."""
+        pods = self.peak_pods - self.overlap_pods
+        return max(self.observed, pods * self.current_per_pod)
+
+    @property
     def shrink_transient(self) -> int:
         """What a shrinking rollout adds for a while: its new pods, started before the old ones are gone."""
         return (self.overlap_pods or self.surge_pods) * self.target_per_pod
@@ -64,7 +74,7 @@ class Wait(StrEnum):
     """Why a change is held back this round."""
 
     SHRINKS_IN_FLIGHT = "waiting for shrinking Deployments to finish their rollouts"
-    ROLLOUT_IN_FLIGHT = "waiting for its previous rollout to finish (rolloutOverlap)"
+    ROLLOUT_IN_FLIGHT = "waiting for its previous rollout or scale-down to finish"
     NO_ROOM_TO_SHRINK = "waiting for room for the surge pods of its shrinking rollout"
     NO_ROOM = "waiting for room: the observed footprint plus this growth would pass available"
     GROWTH_FROZEN = "growth frozen: the database limits could not be confirmed"
@@ -111,11 +121,13 @@ def order_changes(
     footprint = sum(t.observed for t in moves)
     waiting: list[tuple[Key, Wait]] = []
     shrinking = [t for t in moves if t.target_per_pod < t.current_per_pod]
-    # Over (now, or as sized: the current settings no longer fit their own rollout reserve, e.g. after a
-    # `kubectl scale`), shrinking is the way back, whatever its rollout adds for a while.
+    # Over now, shrinking is the way back, whatever its rollout adds for a while. Over as sized (the current
+    # settings no longer fit their own rollout reserve), so is a Deployment's shrink while its own pods are still
+    # coming (a `kubectl scale`, a rollout under way): they will be over anyway. A settled one waits for room
+    # instead: what made it over may pass (a deleted Deployment's terminating pods, counted as unmanaged).
     budgeted = sum(t.peak_pods * t.current_per_pod for t in moves)
     observed_over = footprint > available
-    over = observed_over or budgeted > available
+    sized_over = budgeted > available
     shrink_list: list[Key] = []
     transient = footprint
     for t in shrinking:
@@ -123,7 +135,9 @@ def order_changes(
             # One rollout at a time: its old pods may still hold on. Only a real breach overrides this, since
             # a third revision beside two unsettled ones is what overlap sizing has no room for.
             waiting.append((t.key, Wait.ROLLOUT_IN_FLIGHT))
-        elif not over and transient + t.shrink_transient > available:
+        elif not (observed_over or (sized_over and not t.settled)) and (
+            transient + t.shrink_transient > available
+        ):
             waiting.append((t.key, Wait.NO_ROOM_TO_SHRINK))  # waiting is safe: nothing grows meanwhile
         else:
             shrink_list.append(t.key)
@@ -131,6 +145,7 @@ def order_changes(
     shrink = tuple(shrink_list)
     growing = [t for t in moves if t.target_per_pod > t.current_per_pod]
     grow: list[Key] = []
+    footprint = sum(t.reserved for t in moves)
     # A Deployment that is still rolling with a net reduction in flight (old pods not gone) blocks growth too.
     in_flight = bool(shrinking) or any(not t.settled for t in moves if t.target_per_pod <= t.current_per_pod)
     for t in growing:
@@ -139,8 +154,8 @@ def order_changes(
             reason = Wait.GROWTH_FROZEN
         if reason is None and in_flight:
             reason = Wait.SHRINKS_IN_FLIGHT
-        if reason is None and t.overlap_pods and not t.settled:
-            reason = Wait.ROLLOUT_IN_FLIGHT
+        if reason is None and not t.settled:
+            reason = Wait.ROLLOUT_IN_FLIGHT  # its terminating pods are not in what it is sized for
         if reason is None and footprint + t.growth > available:
             reason = Wait.NO_ROOM
         if reason is None:
