@@ -128,6 +128,12 @@ class OperatorProcess:
             self.process.kill()
             return self.process.wait(timeout=STOP_TIMEOUT)
 
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or an OOM kill ends it: no graceful stop, its peering record left behind."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=STOP_TIMEOUT)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-6000:]

@@ -164,6 +164,9 @@ def test_one_replica_runs_standalone_and_is_never_doubled(default_render: list[d
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert "--standalone" in _operator_container(default_render)["args"]
+    assert "POOLBUDGET_PEERING_LIFETIME" not in {
+        e["name"] for e in _operator_container(default_render)["env"]
+    }
 
 
 def test_several_replicas_peer(full_render: list[dict[str, Any]]) -> None:
@@ -173,6 +176,8 @@ def test_several_replicas_peer(full_render: list[dict[str, Any]]) -> None:
     args = _operator_container(full_render)["args"]
     assert "--standalone" not in args
     assert not [a for a in args if a.startswith("--peering")], "the operator's peering name is fixed"
+    env = {e["name"]: e.get("value") for e in _operator_container(full_render)["env"]}
+    assert env["POOLBUDGET_PEERING_LIFETIME"] == "60"  # how long a killed replica holds the others back
 
 
 def test_metrics_service_selects_the_operator_pods(default_render: list[dict[str, Any]]) -> None:

@@ -74,6 +74,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.peering.standalone = runtime.standalone
     settings.peering.mandatory = not runtime.standalone
     settings.peering.priority = runtime.priority
+    settings.peering.lifetime = runtime.peering_lifetime  # how soon the others take over after a crash
     settings.peering.stealth = True
     if not runtime.standalone and not await runtime.cluster.ensure_peering(PEERING_NAME):
         logger.warning(

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 NAMESPACE_ENV = "POOLBUDGET_NAMESPACE"
 METRICS_PORT_ENV = "POOLBUDGET_METRICS_PORT"
 PRIORITY_ENV = "POOLBUDGET_PEERING_PRIORITY"
+LIFETIME_ENV = "POOLBUDGET_PEERING_LIFETIME"
+DEFAULT_PEERING_LIFETIME = 60  # kopf's own default, in seconds
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -50,6 +52,7 @@ class Runtime:
     context: Context
     standalone: bool
     priority: int
+    peering_lifetime: int = DEFAULT_PEERING_LIFETIME  # seconds a peer's record holds the others back
     watch: WatchMemory = field(default_factory=WatchMemory)  # what the event handlers saw
 
     def close(self) -> None:
@@ -74,13 +77,30 @@ def peering_priority() -> int:
     return random.SystemRandom().randint(1, 1_000_000)  # not a secret, only distinct
 
 
+def peering_lifetime() -> int:
+    """How long this replica's peering record stays valid: after a crash, the others take over once it expires."""
+    configured = os.environ.get(LIFETIME_ENV)
+    if not configured:
+        return DEFAULT_PEERING_LIFETIME
+    lifetime = int(configured)
+    if lifetime < 1:
+        raise ValueError(f"{LIFETIME_ENV} must be a positive number of seconds, got {configured!r}")
+    return lifetime
+
+
 def build_runtime(standalone: bool, metrics: OperatorMetrics, priority: int) -> Runtime:
     identity = f"{socket.gethostname()}/{os.getpid()}"
     cluster = Cluster.from_environment(user_agent=f"poolbudget/{__version__} ({identity})")
     context = Context(
         cluster=cluster, events=KopfEvents(), metrics=metrics, operator_namespace=operator_namespace()
     )
-    return Runtime(cluster=cluster, context=context, standalone=standalone, priority=priority)
+    return Runtime(
+        cluster=cluster,
+        context=context,
+        standalone=standalone,
+        priority=priority,
+        peering_lifetime=peering_lifetime(),
+    )
 
 
 def run_operator(
@@ -106,7 +126,7 @@ def run_operator(
         "poolbudget %s: %s, %s",
         __version__,
         "namespaces " + ", ".join(namespaces) if namespaces else "cluster-wide",
-        "standalone" if standalone else f"peering {runtime.priority}",
+        "standalone" if standalone else f"peering {runtime.priority}, lifetime {runtime.peering_lifetime} s",
     )
     kopf.run(
         clusterwide=not namespaces,
