@@ -52,8 +52,8 @@ Strategy = Literal["RollingUpdate", "Recreate"]
 # and all a cluster without the gate does) replaces a pod as soon as its deletion starts;
 # TerminationComplete counts terminating pods against replicas + maxSurge until they are gone.
 ReplacementPolicy = Literal["TerminationStarted", "TerminationComplete"]
-# An ordering sees the transitions and `available`, and says what changes now.
-Ordering = Callable[[Sequence[Transition], int], Steps]
+# An ordering sees the transitions, `available` and the unmanaged connections in it, and says what changes now.
+Ordering = Callable[[Sequence[Transition], int, int], Steps]
 
 
 # ------------------------------------------------------------------------------------------- the orderings
@@ -62,15 +62,15 @@ Ordering = Callable[[Sequence[Transition], int], Steps]
 def real_ordering(hysteresis: Hysteresis | None = None) -> Ordering:
     """The operator's rule: ``planning.transitions.order_changes``."""
 
-    def order(transitions: Sequence[Transition], available: int) -> Steps:
-        return order_changes(transitions, available, hysteresis=hysteresis)
+    def order(transitions: Sequence[Transition], available: int, unmanaged: int) -> Steps:
+        return order_changes(transitions, available, hysteresis=hysteresis, unmanaged=unmanaged)
 
     return order
 
 
-def naive_ordering(transitions: Sequence[Transition], available: int) -> Steps:
+def naive_ordering(transitions: Sequence[Transition], available: int, unmanaged: int) -> Steps:
     """Every change at once, grow and shrink alike: what a controller without an ordering would do."""
-    del available
+    del available, unmanaged
     shrink = tuple(t.key for t in transitions if t.target_per_pod < t.current_per_pod)
     grow = tuple(t.key for t in transitions if t.target_per_pod > t.current_per_pod)
     return Steps(shrink, grow, ())
@@ -479,7 +479,7 @@ class Cluster:
         """One operator round: plan, order, change the templates the ordering lets change now."""
         outcome = self.plan()
         moves = self.transitions(outcome)
-        steps = self.ordering(moves, outcome.plan.available)
+        steps = self.ordering(moves, outcome.plan.available, self.unmanaged())
         self.outcome.last_waits = steps.waiting
         levels = {a.workload.key: a.per_process for a in outcome.plan.allocations}
         by_key = {t.key: t for t in moves}

@@ -107,13 +107,15 @@ def test_growth_counts_a_rolling_deployment_as_sized_not_only_as_observed() -> N
     assert order_changes([neighbour, steady], available=18).grow == (("ns", "b"),)
 
 
-def test_over_as_sized_only_a_deployment_with_pods_still_coming_shrinks_past_available() -> None:
-    # As sized, a (2 pods at 10 + 1 surge) passes 20; observed it holds 20. Settled, its surge pod would pass
-    # available for nothing that will not pass by itself: it waits. Scaled up and still starting pods: it goes.
-    full = move("a", 10, 6, pods=3, observed=20, surge_pods=1)
-    assert order_changes([full], available=20).waiting == ((("ns", "a"), Wait.NO_ROOM_TO_SHRINK),)
-    coming = move("a", 10, 6, pods=3, observed=20, surge_pods=1, settled=False)
-    assert order_changes([coming], available=20).shrink == (("ns", "a"),)
+def test_over_as_sized_leaves_out_the_connections_measured_as_unmanaged() -> None:
+    # a (1 pod + 1 surge at 2) holds 2 of 2 available; 4 more are unmanaged, 3 of them a deleted Deployment's
+    # terminating pod. Sized (4) it passes available only because of them: its shrink's surge pod would make 3 > 2,
+    # for a moment that passes by itself, so it waits. Over as sized by its own settings, it goes (the way back).
+    shrink = move("a", 2, 1, pods=2, observed=2, surge_pods=1)
+    assert order_changes([shrink], available=2, unmanaged=4).waiting == (
+        (("ns", "a"), Wait.NO_ROOM_TO_SHRINK),
+    )
+    assert order_changes([shrink], available=2).shrink == (("ns", "a"),)
 
 
 def test_a_deployment_still_rolling_or_scaling_down_does_not_grow() -> None:

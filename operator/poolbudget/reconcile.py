@@ -138,7 +138,9 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
         min_change_connections=spec.rebalance.min_change_connections,
         min_interval_seconds=spec.rebalance.min_interval_seconds,
     )
-    steps = order_changes(transitions, plan.available, limits_view.allow_growth, hysteresis)
+    steps = order_changes(
+        transitions, plan.available, limits_view.allow_growth, hysteresis, unmanaged=limits_view.unmanaged
+    )
     waits = dict(steps.waiting)
     by_key = {t.key: t for t in transitions}
     applied = await _apply_in_order(ctx, memory, budget, body, steps, by_key, patches, waits, hysteresis)

@@ -3,9 +3,9 @@
 Pure: the operator (and the transitions simulation in the tests) pass in what they observed; this decides which
 Deployments to change now and which must wait. The rules (SPEC.md, "The invariant"):
 
-- shrinks go first; one waits while its rolling update's own new pods (started before the old ones go) would
-  take the observed footprint over `available`; over `available` already, every shrink goes: it is the way back,
-  and so does the shrink of a Deployment over as sized whose own pods are still coming (a `kubectl scale`);
+- shrinks go first; one waits only while the budget is within `available` (observed, and as its current settings
+  are sized, leaving out the connections measured as unmanaged) and its rolling update's own new pods (started
+  before the old ones go) would pass it; over `available`, every shrink goes: it is the way back;
 - no Deployment grows while any shrink is being applied or still rolling out (its old pods, running or
   terminating, still hold connections at the old settings);
 - then grows are applied, in a stable order, only while the footprint (each Deployment as sized at its current
@@ -114,20 +114,25 @@ def order_changes(
     available: int,
     allow_growth: bool = True,
     hysteresis: Hysteresis | None = None,
+    unmanaged: int = 0,
 ) -> Steps:
-    """Decide which Deployments change now: every shrink, then the grows that fit (see the module doc)."""
+    """Decide which Deployments change now: every shrink, then the grows that fit (see the module doc).
+
+    ``unmanaged``: the connections others hold, measured in ``pg_stat_activity`` and already taken out of
+    ``available``. They count in the footprint as measured, not in whether our own settings are over as sized:
+    a deleted Deployment's pods count there while they terminate, and would make the budget look over for a
+    moment, letting shrinks pass ``available`` with their surge pods for nothing that lasts.
+    """
     hysteresis = hysteresis or Hysteresis()
     moves = sorted(transitions, key=lambda t: t.key)
     footprint = sum(t.observed for t in moves)
     waiting: list[tuple[Key, Wait]] = []
     shrinking = [t for t in moves if t.target_per_pod < t.current_per_pod]
-    # Over now, shrinking is the way back, whatever its rollout adds for a while. Over as sized (the current
-    # settings no longer fit their own rollout reserve), so is a Deployment's shrink while its own pods are still
-    # coming (a `kubectl scale`, a rollout under way): they will be over anyway. A settled one waits for room
-    # instead: what made it over may pass (a deleted Deployment's terminating pods, counted as unmanaged).
+    # Over (now, or as sized: our current settings no longer fit their own rollout reserve, e.g. after a
+    # `kubectl scale`), shrinking is the way back, whatever its rollout adds for a while.
     budgeted = sum(t.peak_pods * t.current_per_pod for t in moves)
     observed_over = footprint > available
-    sized_over = budgeted > available
+    over = observed_over or budgeted > available + unmanaged
     shrink_list: list[Key] = []
     transient = footprint
     for t in shrinking:
@@ -135,9 +140,7 @@ def order_changes(
             # One rollout at a time: its old pods may still hold on. Only a real breach overrides this, since
             # a third revision beside two unsettled ones is what overlap sizing has no room for.
             waiting.append((t.key, Wait.ROLLOUT_IN_FLIGHT))
-        elif not (observed_over or (sized_over and not t.settled)) and (
-            transient + t.shrink_transient > available
-        ):
+        elif not over and transient + t.shrink_transient > available:
             waiting.append((t.key, Wait.NO_ROOM_TO_SHRINK))  # waiting is safe: nothing grows meanwhile
         else:
             shrink_list.append(t.key)
