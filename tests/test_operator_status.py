@@ -54,6 +54,11 @@ def test_ready_says_why_not() -> None:
     waiting = ready_update(fits, {("shop", "a"): Wait.SHRINKS_IN_FLIGHT}, None)
     assert (waiting.status, waiting.reason) == ("False", "Rebalancing")
     assert "shop/a" in waiting.message
+    shrink_held = ready_update(fits, {("shop", "b"): Wait.NO_ROOM_TO_SHRINK}, None)
+    assert (shrink_held.status, shrink_held.message) == (
+        "False",
+        "1 waiting to change: shop/b",
+    )  # not in force
     held = ready_update(fits, {("shop", "a"): Wait.TOO_SOON}, None)
     assert held.status == "True"  # hysteresis is deliberate, not a problem
     short = plan_for(10, pods=4)

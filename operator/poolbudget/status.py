@@ -33,7 +33,10 @@ CONDITION_ORDER: tuple[ConditionType, ...] = (
 )
 
 # Waits that mean "the plan is not in force yet"; hysteresis waits are deliberate and leave the budget Ready.
-BLOCKING_WAITS = frozenset({Wait.SHRINKS_IN_FLIGHT, Wait.NO_ROOM, Wait.GROWTH_FROZEN})
+# Waits that keep the plan from being in force (hysteresis waits are deliberate: the plan is close enough).
+BLOCKING_WAITS = frozenset(
+    {Wait.SHRINKS_IN_FLIGHT, Wait.NO_ROOM, Wait.GROWTH_FROZEN, Wait.NO_ROOM_TO_SHRINK, Wait.ROLLOUT_IN_FLIGHT}
+)
 
 
 class Reason:
@@ -119,7 +122,7 @@ def ready_update(
     blocked = sorted(f"{ns}/{name}" for (ns, name), wait in waits.items() if wait in BLOCKING_WAITS)
     if blocked:
         return ConditionUpdate(
-            READY, "False", Reason.REBALANCING, f"{len(blocked)} waiting to grow: " + ", ".join(blocked)
+            READY, "False", Reason.REBALANCING, f"{len(blocked)} waiting to change: " + ", ".join(blocked)
         )
     if database_error is not None:
         return ConditionUpdate(
