@@ -12,7 +12,7 @@ from enum import StrEnum
 from operator import attrgetter, mul
 
 from poolbudget.planning.limits import Availability
-from poolbudget.planning.waterfill import fill_levels
+from poolbudget.planning.waterfill import ClaimLists, fill_levels
 
 # Plans list Deployments by (namespace, name), sorted by one, then the other; attrgetter sorts without a Python
 # call per item.
@@ -173,11 +173,11 @@ def plan_budget(name: str, availability: Availability, workloads: Iterable[Workl
     if shortfall:
         # From 1 up to the minimum; one without pods is held at its minimum.
         levels = [1 if m else low for m, low in zip(multipliers, minimums, strict=True)]
-        fill_levels(budget - sum(multipliers), multipliers, levels, minimums, weights)
+        fill_levels(budget - sum(multipliers), ClaimLists(multipliers, levels, minimums, weights))
     else:
         levels = minimums.copy()
-        remaining = fill_levels(budget - at_minimum, multipliers, levels, needs, weights)
-        fill_levels(remaining, multipliers, levels, maximums, weights)
+        remaining = fill_levels(budget - at_minimum, ClaimLists(multipliers, levels, needs, weights))
+        fill_levels(remaining, ClaimLists(multipliers, levels, maximums, weights))
     allocations = []
     for w, level, m in zip(ordered, levels, multipliers, strict=True):
         pool_size, overflow = split(level, w.has_overflow, w.overflow_ratio)

@@ -11,8 +11,8 @@ A claimant whose step does not fit is never considered again (the remaining budg
 (every position below ``mu`` filled, none above), chosen so that no claimant could have been skipped on
 the way, and finishes with the greedy itself.
 
-The work is done on parallel lists (``fill_levels``, one index per claimant), which is what the planner
-hands it: no object per claimant. ``fill`` is the same rule over ``Claim`` objects.
+The work is done on parallel lists (``fill_levels`` over ``ClaimLists``), which is what the planner hands
+it: no object per claimant. ``fill`` is the same rule over ``Claim`` objects.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Levels are jumped to at a dyadic rational mu = p / 2**_SHIFT, so ceil(mu * weight) is exact integer math.
 _SHIFT = 20
@@ -36,24 +37,35 @@ class Claim:
     weight: int
 
 
+class ClaimLists(NamedTuple):
+    """Claims as parallel lists, claim ``i`` at index ``i`` of each: no object per claim. ``levels`` is raised in
+    place."""
+
+    multipliers: Sequence[int]
+    levels: list[int]
+    caps: Sequence[int]
+    weights: Sequence[int]
+
+
 def fill(budget: int, claims: Sequence[Claim]) -> int:
     """Raise the claims' levels by the reference greedy within ``budget``; return what is left unused."""
-    levels = [c.level for c in claims]
-    left = fill_levels(
-        budget, [c.multiplier for c in claims], levels, [c.cap for c in claims], [c.weight for c in claims]
+    lists = ClaimLists(
+        [c.multiplier for c in claims],
+        [c.level for c in claims],
+        [c.cap for c in claims],
+        [c.weight for c in claims],
     )
-    for c, level in zip(claims, levels, strict=True):
+    left = fill_levels(budget, lists)
+    for c, level in zip(claims, lists.levels, strict=True):
         c.level = level
     return left
 
 
-def fill_levels(
-    budget: int, multipliers: Sequence[int], levels: list[int], caps: Sequence[int], weights: Sequence[int]
-) -> int:
-    """``fill`` on parallel lists (claimant ``i`` is ``multipliers[i]``, ``levels[i]``, ...): ``levels`` is
-    raised in place; return what is left of ``budget``."""
+def fill_levels(budget: int, claims: ClaimLists) -> int:
+    """``fill`` on parallel lists: raise ``claims.levels`` in place; return what is left of ``budget``."""
     if budget <= 0:
         return budget
+    multipliers, levels, caps, _ = claims
     active = [
         i
         for i, (m, level, cap) in enumerate(zip(multipliers, levels, caps, strict=True))
@@ -61,8 +73,8 @@ def fill_levels(
     ]
     if not active:
         return budget
-    budget = _jump(budget, multipliers, levels, caps, weights, active)
-    return _greedy(budget, multipliers, levels, caps, weights, active)
+    budget = _jump(budget, claims, active)
+    return _greedy(budget, claims, active)
 
 
 def reference_fill(budget: int, claims: Sequence[Claim]) -> int:
@@ -84,20 +96,14 @@ def reference_fill(budget: int, claims: Sequence[Claim]) -> int:
         budget -= claims[best].multiplier
 
 
-def _jump(
-    budget: int,
-    multipliers: Sequence[int],
-    levels: list[int],
-    caps: Sequence[int],
-    weights: Sequence[int],
-    active: list[int],
-) -> int:
+def _jump(budget: int, claims: ClaimLists, active: list[int]) -> int:
     """Move every active claim to the greedy state at the highest level that keeps a full step in hand.
 
     The relaxed (real-valued) cost of raising everyone to level ``lam`` is piecewise linear; we solve it for
     a target that leaves room for rounding up (one step per claim) and for the largest single step, so the
     greedy could not have skipped anyone before reaching that state.
     """
+    multipliers, levels, caps, weights = claims
     steps = [multipliers[i] for i in active]
     largest_step = max(steps)
     target = budget - largest_step - sum(steps)  # the sum: rounding up costs at most one step per claim
@@ -146,20 +152,14 @@ def _jump(
     return budget - spent
 
 
-def _greedy(
-    budget: int,
-    multipliers: Sequence[int],
-    levels: list[int],
-    caps: Sequence[int],
-    weights: Sequence[int],
-    active: list[int],
-) -> int:
+def _greedy(budget: int, claims: ClaimLists, active: list[int]) -> int:
     """The reference greedy itself, from where the jump left off.
 
     Claims are queued by the ``level / weight`` of their next step; the claims that share one (thousands do:
     levels and weights are small integers) wait in one group, so the heap orders the few distinct values
     and each step is a list append, not a heap operation over every claim. A group is taken in index order.
     """
+    multipliers, levels, caps, weights = claims
     waiting: dict[float, list[int]] = {}
     for i in active:
         if levels[i] < caps[i]:
