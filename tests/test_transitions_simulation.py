@@ -56,7 +56,22 @@ SURGES: tuple[int | str, ...] = ("25%", "25%", "50%", "100%", 0, 1, 2)
 UNAVAILABLE: tuple[int | str, ...] = ("25%", "25%", 0, 1, "50%")
 # A Deployment that opts in has room for its HPA's max only once the shrinks made for it have rolled out
 # (start 3 + termination 8 ticks at most here): its own events sooner are outside what the plan can reserve.
+# Shrinks chain: a rollout of a Deployment still rolling waits for its terminating pods (TerminationComplete),
+# so every event shortly before the opt-in may put one more rollout ahead of the shrinks made for it.
 JOIN_SETTLES = 12
+
+
+def settled_after_join(tick: int, earlier: Sequence[Event]) -> int:
+    """When the shrinks made for an opt-in at ``tick`` have rolled out, at the latest: one rollout per event in
+    the run of events before it (each within ``JOIN_SETTLES`` of the next), plus its own."""
+    chained, last = 1, tick
+    for event in reversed(earlier):
+        if last - event.tick >= JOIN_SETTLES:
+            break
+        chained, last = chained + 1, event.tick
+    return tick + JOIN_SETTLES * chained
+
+
 AT_ONCE = st.just(0)  # pods let go of their connections as soon as their deletion starts
 SLOWLY = st.integers(1, 8)  # pods hold them for 1 to 8 ticks while they terminate
 
@@ -135,7 +150,7 @@ def scenarios(
     ticks = sorted(draw(st.lists(st.integers(1, 30), min_size=1, max_size=10)))
     replicas = {s.name: s.replicas for s in deployment_shapes}
     joined = {s.name: s.managed for s in deployment_shapes}
-    joined_at: dict[str, int] = {}
+    reserved_from: dict[str, int] = {}  # when a joiner's own events are within what the plan reserves
     by_name = {s.name: s for s in deployment_shapes}
     events: list[Event] = []
     for tick in ticks:
@@ -146,7 +161,7 @@ def scenarios(
         value: int | None = None
         if kind == "join" and joined[shape.name]:
             continue
-        if kind != "join" and tick - joined_at.get(shape.name, -JOIN_SETTLES) < JOIN_SETTLES:
+        if kind != "join" and tick < reserved_from.get(shape.name, 0):
             continue  # its room exists once the shrinks made for it have rolled out: sooner, it is external
         if kind in ("hpa", "scale") and shape.hpa is not None:
             kind, value = "hpa", draw(st.integers(*shape.hpa))
@@ -160,7 +175,7 @@ def scenarios(
             value = draw(st.integers(1, 4))
         elif kind == "join":
             joined[shape.name] = True
-            joined_at[shape.name] = tick
+            reserved_from[shape.name] = settled_after_join(tick, events)
         events.append(Event(tick, kind, shape.name, value))  # type: ignore[arg-type]
 
     rule = Hysteresis()
