@@ -76,7 +76,7 @@ class Wait(StrEnum):
     SHRINKS_IN_FLIGHT = "waiting for shrinking Deployments to finish their rollouts"
     ROLLOUT_IN_FLIGHT = "waiting for its previous rollout or scale-down to finish"
     NO_ROOM_TO_SHRINK = "waiting for room for the surge pods of its shrinking rollout"
-    NO_ROOM = "waiting for room: the observed footprint plus this growth would pass available"
+    NO_ROOM = "waiting for room: the footprint (as sized, or observed) plus this growth would pass available"
     GROWTH_FROZEN = "growth frozen: the database limits could not be confirmed"
     SMALL_CHANGE = "change below the rebalance threshold"
     TOO_SOON = "rolled too recently (rebalance.minIntervalSeconds)"
@@ -148,7 +148,7 @@ def order_changes(
     shrink = tuple(shrink_list)
     growing = [t for t in moves if t.target_per_pod > t.current_per_pod]
     grow: list[Key] = []
-    footprint = sum(t.reserved for t in moves)
+    held = sum(t.reserved for t in moves)
     # A Deployment that is still rolling with a net reduction in flight (old pods not gone) blocks growth too.
     in_flight = bool(shrinking) or any(not t.settled for t in moves if t.target_per_pod <= t.current_per_pod)
     for t in growing:
@@ -159,11 +159,11 @@ def order_changes(
             reason = Wait.SHRINKS_IN_FLIGHT
         if reason is None and not t.settled:
             reason = Wait.ROLLOUT_IN_FLIGHT  # its terminating pods are not in what it is sized for
-        if reason is None and footprint + t.growth > available:
+        if reason is None and held + t.growth > available:
             reason = Wait.NO_ROOM
         if reason is None:
             grow.append(t.key)
-            footprint += t.growth
+            held += t.growth
         else:
             waiting.append((t.key, reason))
     return Steps(shrink, tuple(grow), tuple(waiting))
