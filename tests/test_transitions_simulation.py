@@ -208,51 +208,17 @@ def test_ordering_keeps_the_footprint_within_available_when_pods_let_go_at_once(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(termination_delay=SLOWLY, policy="TerminationComplete"))
-@example(
-    scenario=Scenario(
+@example(  # found in a fresh example database: a steady rolling Deployment grew into its surge reserve
+    Scenario(
         max_connections=16,
         shapes=(
-            Shape(
-                name="app-0",
-                replicas=2,
-                strategy="Recreate",
-                max_surge="25%",
-                max_unavailable="25%",
-                processes=3,
-                profile="sqlalchemy",
-                min_per_process=2,
-                max_per_process=3,
-                weight=1,
-                hpa=None,
-                managed=True,
-                own_level=2,
-                demand=None,
-            ),
-            Shape(
-                name="app-1",
-                replicas=1,
-                strategy="RollingUpdate",
-                max_surge="25%",
-                max_unavailable="25%",
-                processes=1,
-                profile="sqlalchemy",
-                min_per_process=2,
-                max_per_process=3,
-                weight=1,
-                hpa=None,
-                managed=True,
-                own_level=2,
-                demand=None,
-            ),
+            Shape("app-0", replicas=2, strategy="Recreate", processes=3, max_per_process=3, own_level=2),
+            Shape("app-1", replicas=1, max_per_process=3, own_level=2),
         ),
-        events=(Event(tick=1, kind="scale", name="app-0", value=1),),
-        start_delay=1,
+        events=(Event(1, "scale", "app-0", 1),),
         termination_delay=1,
         policy="TerminationComplete",
-        overlap_sizing=False,
-        horizon=200,
-        hysteresis=Hysteresis(min_change_ratio=0.0, min_change_connections=0, min_interval_seconds=0.0),
-    ),
+    )
 ).via("discovered failure")
 def test_ordering_keeps_the_footprint_within_available_with_slow_termination_and_termination_complete(
     scenario: Scenario,
@@ -403,70 +369,29 @@ def test_opting_in_above_the_plan_shrinks_back_adding_only_its_own_smaller_surge
         hysteresis=False,
     )
 )
-@example(
-    scenario=Scenario(
+@example(  # found in a fresh example database: over as sized only while a deleted Deployment's pod terminated
+    Scenario(
         max_connections=6,
         shapes=(
             Shape(
-                name="app-0",
-                replicas=1,
-                strategy="Recreate",
-                max_surge="25%",
-                max_unavailable="25%",
-                processes=1,
-                profile="sqlalchemy",
-                min_per_process=1,
-                max_per_process=3,
-                weight=1,
-                hpa=None,
-                managed=True,
-                own_level=1,
-                demand=None,
+                "app-0", replicas=1, strategy="Recreate", min_per_process=1, max_per_process=3, own_level=1
             ),
             Shape(
-                name="app-1",
+                "app-1",
                 replicas=1,
                 strategy="Recreate",
-                max_surge="25%",
-                max_unavailable="25%",
-                processes=1,
-                profile="sqlalchemy",
                 min_per_process=1,
                 max_per_process=1,
-                weight=1,
                 hpa=(1, 1),
                 managed=False,
                 own_level=1,
-                demand=None,
             ),
-            Shape(
-                name="app-2",
-                replicas=1,
-                strategy="RollingUpdate",
-                max_surge="25%",
-                max_unavailable="25%",
-                processes=1,
-                profile="sqlalchemy",
-                min_per_process=2,
-                max_per_process=2,
-                weight=1,
-                hpa=None,
-                managed=False,
-                own_level=2,
-                demand=None,
-            ),
+            Shape("app-2", replicas=1, max_per_process=2, managed=False, own_level=2),
         ),
-        events=(
-            Event(tick=1, kind="join", name="app-2", value=None),
-            Event(tick=1, kind="leave", name="app-0", value=None),
-        ),
-        start_delay=1,
+        events=(Event(1, "join", "app-2"), Event(1, "leave", "app-0")),
         termination_delay=1,
-        policy="TerminationStarted",
         overlap_sizing=True,
-        horizon=200,
-        hysteresis=Hysteresis(min_change_ratio=0.0, min_change_connections=0, min_interval_seconds=0.0),
-    ),
+    )
 ).via("discovered failure")
 def test_rollout_overlap_keeps_slow_termination_within_available(scenario: Scenario) -> None:
     """``spec.sizing.rolloutOverlap``: rolling Deployments sized for replicas + max(maxSurge, replicas) pods,
