@@ -21,9 +21,8 @@ class DeploymentNews:
     """What one watch event of a Deployment calls for."""
 
     wake: list[str]  # budgets whose loops should look again
-    unknown_budget: str | None = (
-        None  # a Warning to post: it names a budget that does not exist (new message)
-    )
+    # A Warning to post: it names a budget that does not exist (a new message).
+    unknown_budget: str | None = None
     orphaned: bool = False  # its budget is gone without having released it: give it its own env back
 
 
@@ -40,12 +39,10 @@ class WatchMemory:
     """What the event handlers remember of the objects they saw, to tell news from repeats (one per process)."""
 
     last_budgets: dict[Key, set[str]] = field(default_factory=dict)  # budgets each Deployment named last
-    unknown_warned: dict[Key, str] = field(
-        default_factory=dict
-    )  # UnknownBudget warnings posted, by Deployment
-    signatures: dict[Key, tuple[Any, ...]] = field(
-        default_factory=dict
-    )  # what of each Deployment/HPA was seen
+    # UnknownBudget warnings posted, by Deployment.
+    unknown_warned: dict[Key, str] = field(default_factory=dict)
+    # What of each Deployment and HPA was seen.
+    signatures: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
     budget_generations: dict[str, Any] = field(default_factory=dict)
 
     def deployment_event(
