@@ -275,6 +275,9 @@ class Raise:
     deployment: str
     connections: int
     shrinking: bool  # the new pods are smaller than the old ones they replace
+    written_while_over: bool = (
+        True  # False: the operator wrote it before this stretch over ``available`` began
+    )
 
 
 @dataclass(slots=True)
@@ -312,7 +315,9 @@ class Cluster:
         self.now = 0
         self._uid = 0
         self._plans: dict[tuple[Any, ...], BudgetOutcome] = {}
-        self._written: set[tuple[Key, int]] = set()  # (Deployment, revision) of templates the operator wrote
+        # (Deployment, revision) of templates the operator wrote, and the tick it wrote them.
+        self._written: dict[tuple[Key, int], int] = {}
+        self._over_since: int | None = None  # when the footprint last went over ``available``, while it is
         self.budget = PoolBudget.model_validate(
             {
                 "metadata": {"name": "sim"},
@@ -372,7 +377,12 @@ class Cluster:
     def _check(self, phase: str) -> None:
         footprint = self.footprint()
         self.outcome.peak = max(self.outcome.peak, footprint)
-        if footprint > self.available:
+        over = footprint > self.available
+        if over and self._over_since is None:
+            self._over_since = self.now
+        elif not over:
+            self._over_since = None
+        if over:
             self.outcome.last_over = self.now
             self.outcome.breaches.append(
                 Breach(
@@ -491,7 +501,7 @@ class Cluster:
                 continue
             d.level = levels[key]
             d.revision += 1
-            self._written.add((key, d.revision))
+            self._written[(key, d.revision)] = self.now
             d.rolled_at = self.now
             self.outcome.rolls += 1
 
@@ -619,10 +629,11 @@ class Cluster:
         active = rs.active()
         if len(active) < rs.replicas:
             old = [p.per_pod for other in d.replica_sets if other is not rs for p in other.active()]
-            written = (d.key, rs.revision) in self._written
+            written_at = self._written.get((d.key, rs.revision))
             older = [o for o in d.replica_sets if o.revision < rs.revision]
             replaced = [max(older, key=lambda o: o.revision).per_pod] if older else []
-            if rollout and old and written and self.footprint() > self.available:
+            if rollout and old and written_at is not None and self.footprint() > self.available:
+                over_since = self.now if self._over_since is None else self._over_since
                 self.outcome.raised_while_over.append(
                     Raise(
                         self.now,
@@ -630,6 +641,7 @@ class Cluster:
                         (rs.replicas - len(active)) * rs.per_pod,
                         # smaller than the template it replaced, or than pods of older ones still there
                         shrinking=rs.per_pod < max([*old, *replaced]),
+                        written_while_over=written_at >= over_since,
                     )
                 )
             for _ in range(rs.replicas - len(active)):

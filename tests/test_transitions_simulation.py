@@ -423,14 +423,16 @@ def test_manual_scale_up_beyond_the_plan_the_operator_never_grows_into_it_and_re
 ) -> None:
     """``kubectl scale`` up is external (no admission webhook stops it): the footprint may pass available.
 
-    Then the operator grows nobody; the only pods its rollouts add are the surge pods of its shrinks, at the
-    smaller size (a rolling update starts them before the old ones go); and once the plan fits again the
-    footprint comes back within available and stays there.
+    Then the operator grows nobody; the only pods the rollouts it writes meanwhile add are the surge pods of its
+    shrinks, at the smaller size (a rolling update starts them before the old ones go; a grow written before the
+    scale-up may still be rolling out); and once the plan fits again the footprint comes back within available
+    and stays there.
     """
     outcome = simulate(scenario)
     shown = describe(scenario, outcome)
     assert outcome.grew_while_over == [], shown
-    assert all(r.shrinking for r in outcome.raised_while_over), shown
+    # A grow written before the user's scale-up may still be rolling out: no operator can stop that rollout.
+    assert all(r.shrinking for r in outcome.raised_while_over if r.written_while_over), shown
     if outcome.feasible and scenario.hysteresis == Hysteresis():
         if outcome.converged_at is None:
             # At the limit, a shrinking rolling update's own surge pods would pass available: the operator waits
