@@ -309,5 +309,43 @@ def _deployment_patch(
         metadata["annotations"] = None if emptied else annotations
     patch: Obj = {"metadata": metadata}
     if template:
-        patch["spec"] = {"template": template}
+        patch["spec"] = {"template": _in_place(deployment, template)}
     return patch
+
+
+def _in_place(deployment: Mapping[str, Any], template: Obj) -> Obj:
+    """The template patch with ``$setElementOrder`` for the lists it touches: a real API server puts patched
+    items of a merge-keyed list in the patch's order, so without it a restore would reorder env or containers.
+    Kept: the current order, minus the entries this patch deletes, plus new ones at the end."""
+    spec = template.get("spec") or {}
+    if "containers" not in spec:
+        return template
+    current = _containers(deployment)
+    patched = []
+    for container_patch in spec["containers"]:
+        env = container_patch.get("env")
+        if env is not None:
+            deleted = {item["name"] for item in env if item.get("$patch") == "delete"}
+            before = [
+                e["name"]
+                for e in current.get(container_patch["name"], {}).get("env") or []
+                if isinstance(e, dict)
+            ]
+            added = [
+                item["name"] for item in env if item["name"] not in before and item["name"] not in deleted
+            ]
+            order = [name for name in before if name not in deleted] + added
+            # The server also wants the patch's own items in that order (deletions last).
+            rank = {name: i for i, name in enumerate(order)}
+            items = sorted(env, key=lambda item: rank.get(item["name"], len(rank)))
+            container_patch = {
+                **container_patch,
+                "env": items,
+                "$setElementOrder/env": [{"name": n} for n in order],
+            }
+        patched.append(container_patch)
+    containers_order = [{"name": name} for name in current]
+    return {
+        **template,
+        "spec": {**spec, "$setElementOrder/containers": containers_order, "containers": patched},
+    }
