@@ -12,4 +12,4 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Real PostgreSQL servers (started on demand), the Kubernetes API emulator (a test double, not a real server),
 # and the operator run against it.
-pytest_plugins = ["tests.pg", "tests.emulator.fixtures", "tests.operator_harness"]
+pytest_plugins = ["tests.pg", "tests.emulator.fixtures", "tests.operator_harness", "tests.kube.fixtures"]
