@@ -288,3 +288,58 @@ def test_chart_files_exist() -> None:
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     for name in ("name", "fullname", "labels", "selectorLabels", "serviceAccountName"):
         assert f'define "poolbudget.{name}"' in helpers
+
+
+# --- namespaceOverride -------------------------------------------------------------------------------------
+
+CLUSTER_SCOPED_KINDS = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+
+
+def test_namespace_override_moves_every_namespaced_object(helm: Helm) -> None:
+    rendered = objects(helm.template(*EVERYTHING, "--set", "namespaceOverride=ops"))
+    namespaced = [o for o in rendered if o["kind"] not in CLUSTER_SCOPED_KINDS]
+    assert {o["kind"] for o in namespaced} >= {
+        "Deployment",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Service",
+    }
+    assert {(o["kind"], o["metadata"].get("namespace")) for o in namespaced} == {
+        (o["kind"], "ops") for o in namespaced
+    }
+    for obj in rendered:
+        for subject in obj.get("subjects", []):
+            assert subject["namespace"] == "ops", f"{obj['kind']} {obj['metadata']['name']}"
+    assert find(rendered, "ServiceMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    down = next(
+        r
+        for g in find(rendered, "PrometheusRule")["spec"]["groups"]
+        for r in g["rules"]
+        if r["alert"] == "PoolBudgetOperatorDown"
+    )
+    assert 'namespace="ops"' in down["expr"]
+    for obj in rendered:
+        if obj["kind"] not in CUSTOM_KINDS:
+            validate_strict(obj, KUBERNETES_VERSIONS[-1])
+
+
+def test_namespace_override_is_in_the_notes(helm: Helm) -> None:
+    result = helm.run(
+        "install",
+        "poolbudget",
+        str(CHART),
+        "--dry-run=client",
+        "-n",
+        "default",
+        "--set",
+        "namespaceOverride=ops",
+    )
+    assert "kubectl -n ops rollout status deployment/poolbudget" in result.stdout
+    assert "poolbudget-metrics.ops.svc" in result.stdout
+
+
+def test_namespace_override_must_be_a_namespace_name(helm: Helm) -> None:
+    result = helm.run("template", "x", str(CHART), "--set", "namespaceOverride=Not_A_Namespace", check=False)
+    assert result.returncode != 0
+    assert "namespaceOverride" in result.stderr
