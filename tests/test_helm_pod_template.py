@@ -88,8 +88,9 @@ def test_an_app_version_bump_changes_only_the_image(helm: Helm, tmp_path: Path) 
         ["--set", "operator.extraArgs={--verbose}"],
         ["--set", "podAnnotations.restarted-at=now"],
         ["--set", "resources.limits.memory=512Mi"],
+        ["--set", "watch.clusterWide=false", "--set", "watch.namespaces={apps}"],
     ],
-    ids=["image", "metrics-port", "args", "pod-annotation", "resources"],
+    ids=["image", "metrics-port", "args", "pod-annotation", "resources", "watch-scope"],
 )
 def test_what_the_operator_runs_does_change_the_pod(helm: Helm, change: list[str]) -> None:
     assert _template(helm, *change) != _template(helm)
