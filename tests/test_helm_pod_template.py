@@ -18,6 +18,9 @@ import poolbudget
 from tests.chart import find, objects
 from tests.helm import CHART, Helm, helm_fixture  # noqa: F401
 
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+NEXT = "99.0.0"  # a later release of the chart (and, where said, of the operator)
+
 
 def _chart_with(tmp_path: Path, **chart_yaml: str) -> Path:
     """A copy of the chart with fields of its Chart.yaml replaced (as a later chart release would have them)."""
@@ -43,7 +46,7 @@ def test_pod_labels_are_the_selector_and_the_users_only(helm: Helm) -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert labels == {**deployment["spec"]["selector"]["matchLabels"], "team": "platform"}
     # The Deployment object itself still has every standard label (and commonLabels).
-    assert deployment["metadata"]["labels"]["helm.sh/chart"] == "poolbudget-0.1.0"
+    assert deployment["metadata"]["labels"]["helm.sh/chart"] == f"poolbudget-{CHART_VERSION}"
     assert deployment["metadata"]["labels"]["cost"] == "db"
 
 
@@ -51,10 +54,10 @@ def test_pod_labels_are_the_selector_and_the_users_only(helm: Helm) -> None:
 def test_a_chart_version_bump_leaves_the_pod_template_alone(
     helm: Helm, tmp_path: Path, args: list[str]
 ) -> None:
-    bumped = _chart_with(tmp_path, version="0.2.0", description="The same operator, a newer chart.")
+    bumped = _chart_with(tmp_path, version=NEXT, description="The same operator, a newer chart.")
     before, after = _deployment(helm, *args), _deployment(helm, *args, chart=bumped)
-    assert before["metadata"]["labels"]["helm.sh/chart"] == "poolbudget-0.1.0"
-    assert after["metadata"]["labels"]["helm.sh/chart"] == "poolbudget-0.2.0"
+    assert before["metadata"]["labels"]["helm.sh/chart"] == f"poolbudget-{CHART_VERSION}"
+    assert after["metadata"]["labels"]["helm.sh/chart"] == f"poolbudget-{NEXT}"
     assert after["spec"] == before["spec"]
 
 
@@ -64,18 +67,18 @@ def test_common_labels_change_no_pod(helm: Helm) -> None:
 
 def test_an_app_version_bump_with_a_pinned_image_restarts_nothing(helm: Helm, tmp_path: Path) -> None:
     pinned = ["--set", f"image.tag={poolbudget.__version__}"]
-    bumped = _chart_with(tmp_path, version="0.2.0", appVersion="0.2.0")
+    bumped = _chart_with(tmp_path, version=NEXT, appVersion=NEXT)
     before, after = _deployment(helm, *pinned), _deployment(helm, *pinned, chart=bumped)
-    assert after["metadata"]["labels"]["app.kubernetes.io/version"] == "0.2.0"
+    assert after["metadata"]["labels"]["app.kubernetes.io/version"] == NEXT
     assert after["spec"]["template"] == before["spec"]["template"]
 
 
 def test_an_app_version_bump_changes_only_the_image(helm: Helm, tmp_path: Path) -> None:
-    bumped = _chart_with(tmp_path, version="0.2.0", appVersion="0.2.0")
+    bumped = _chart_with(tmp_path, version=NEXT, appVersion=NEXT)
     before, after = _template(helm), _template(helm, chart=bumped)
     (old,), (new,) = before["spec"]["containers"], after["spec"]["containers"]
     assert old["image"].endswith(f":{poolbudget.__version__}")
-    assert new["image"].endswith(":0.2.0")
+    assert new["image"].endswith(f":{NEXT}")
     new["image"] = old["image"]
     assert after == before
 
