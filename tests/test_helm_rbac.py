@@ -17,10 +17,8 @@ import yaml
 from poolbudget import handlers
 from poolbudget.adapters import kubernetes as adapter
 from poolbudget.cli import build_parser
-from tests.chart import KUBERNETES_VERSIONS, find, objects, validate_strict
+from tests.chart import KUBERNETES_VERSIONS, Grant, find, granted, objects, validate_strict
 from tests.helm import REPO, Helm, helm_fixture  # noqa: F401
-
-Grant = tuple[str, str, str]  # (API group, resource, verb); "" is the core group
 
 # The kubernetes client's API classes, by the attribute the adapter keeps them in.
 API_GROUPS = {"_apps": "apps", "_core": ""}
@@ -92,16 +90,6 @@ def kopf_needs(module: ModuleType = handlers) -> set[Grant]:
             if name in CHANGING:
                 needs.add((group, plural, "patch"))
     return needs
-
-
-def granted(role: dict[str, Any]) -> set[Grant]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
 
 
 @pytest.fixture(scope="module")
