@@ -319,9 +319,10 @@ def test_namespace_override_moves_every_namespaced_object(helm: Helm) -> None:
         if r["alert"] == "PoolBudgetOperatorDown"
     )
     assert 'namespace="ops"' in down["expr"]
-    for obj in rendered:
-        if obj["kind"] not in CUSTOM_KINDS:
-            validate_strict(obj, KUBERNETES_VERSIONS[-1])
+    for version in KUBERNETES_VERSIONS:
+        for obj in rendered:
+            if obj["kind"] not in CUSTOM_KINDS:
+                validate_strict(obj, version)
 
 
 def test_namespace_override_is_in_the_notes(helm: Helm) -> None:

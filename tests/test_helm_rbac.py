@@ -309,6 +309,14 @@ def test_the_operator_serves_exactly_the_watched_namespaces(
     assert _run_args(rendered).namespace == []  # cluster-wide
 
 
+def test_namespaced_mode_lints_strictly(helm: Helm) -> None:
+    chart = str(REPO / "helm" / "poolbudget")
+    namespaced = ["--set", "watch.clusterWide=false", "--set", "watch.namespaces={apps,billing}"]
+    result = helm.run("lint", "--strict", chart, "--set", "replicaCount=2", *namespaced)
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_namespaced_mode_validates_strictly(helm: Helm, version: str) -> None:
     rendered = _namespaced_render(helm, *WATCHED, extra=("--kube-version", f"{version}.0"))
