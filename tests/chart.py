@@ -14,6 +14,20 @@ KUBERNETES_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33", "1.34", "1.35"]
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering"}
 
 
+Grant = tuple[str, str, str]  # (API group, resource, verb); "" is the core group
+
+
+def granted(role: dict[str, Any]) -> set[Grant]:
+    """Every (group, resource, verb) a Role's or ClusterRole's rules grant."""
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
 def objects(rendered: str) -> list[dict[str, Any]]:
     """The objects in `helm template` output, empty documents dropped."""
     return [doc for doc in yaml.safe_load_all(rendered) if doc]

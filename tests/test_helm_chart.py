@@ -288,3 +288,101 @@ def test_chart_files_exist() -> None:
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     for name in ("name", "fullname", "labels", "selectorLabels", "serviceAccountName"):
         assert f'define "poolbudget.{name}"' in helpers
+
+
+# --- namespaceOverride -------------------------------------------------------------------------------------
+
+CLUSTER_SCOPED_KINDS = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+
+
+def test_namespace_override_moves_every_namespaced_object(helm: Helm) -> None:
+    rendered = objects(helm.template(*EVERYTHING, "--set", "namespaceOverride=ops"))
+    namespaced = [o for o in rendered if o["kind"] not in CLUSTER_SCOPED_KINDS]
+    assert {o["kind"] for o in namespaced} >= {
+        "Deployment",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Service",
+    }
+    assert {(o["kind"], o["metadata"].get("namespace")) for o in namespaced} == {
+        (o["kind"], "ops") for o in namespaced
+    }
+    for obj in rendered:
+        for subject in obj.get("subjects", []):
+            assert subject["namespace"] == "ops", f"{obj['kind']} {obj['metadata']['name']}"
+    assert find(rendered, "ServiceMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    down = next(
+        r
+        for g in find(rendered, "PrometheusRule")["spec"]["groups"]
+        for r in g["rules"]
+        if r["alert"] == "PoolBudgetOperatorDown"
+    )
+    assert 'namespace="ops"' in down["expr"]
+    for version in KUBERNETES_VERSIONS:
+        for obj in rendered:
+            if obj["kind"] not in CUSTOM_KINDS:
+                validate_strict(obj, version)
+
+
+def test_namespace_override_is_in_the_notes(helm: Helm) -> None:
+    result = helm.run(
+        "install",
+        "poolbudget",
+        str(CHART),
+        "--dry-run=client",
+        "-n",
+        "default",
+        "--set",
+        "namespaceOverride=ops",
+    )
+    assert "kubectl -n ops rollout status deployment/poolbudget" in result.stdout
+    assert "poolbudget-metrics.ops.svc" in result.stdout
+
+
+def test_namespace_override_must_be_a_namespace_name(helm: Helm) -> None:
+    result = helm.run("template", "x", str(CHART), "--set", "namespaceOverride=Not_A_Namespace", check=False)
+    assert result.returncode != 0
+    assert "namespaceOverride" in result.stderr
+
+
+# --- PodDisruptionBudget -----------------------------------------------------------------------------------
+
+
+def test_one_replica_gets_no_disruption_budget(default_render: list[dict[str, Any]]) -> None:
+    # A PDB that never lets the only pod go would block every node drain.
+    assert "PodDisruptionBudget" not in {o["kind"] for o in default_render}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_peers_are_drained_one_at_a_time(helm: Helm, version: str) -> None:
+    rendered = objects(helm.template("--set", "replicaCount=3", "--kube-version", f"{version}.0"))
+    pdb = find(rendered, "PodDisruptionBudget")
+    validate_strict(pdb, version)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    pod_labels = find(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["metadata"]["namespace"] == "poolbudget-system"
+
+
+def test_disruption_budget_takes_a_percentage_and_can_be_turned_off(helm: Helm) -> None:
+    peers = ["--set", "replicaCount=2"]
+    percent = objects(helm.template(*peers, "--set-string", "podDisruptionBudget.maxUnavailable=50%"))
+    assert find(percent, "PodDisruptionBudget")["spec"]["maxUnavailable"] == "50%"
+    validate_strict(find(percent, "PodDisruptionBudget"), KUBERNETES_VERSIONS[0])
+    kubernetes_default = objects(
+        helm.template(*peers, "--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=")
+    )
+    assert "unhealthyPodEvictionPolicy" not in find(kubernetes_default, "PodDisruptionBudget")["spec"]
+    off = objects(helm.template(*peers, "--set", "podDisruptionBudget.enabled=false"))
+    assert "PodDisruptionBudget" not in {o["kind"] for o in off}
+
+
+@pytest.mark.parametrize(
+    "flag", ["podDisruptionBudget.maxUnavailable=0", "podDisruptionBudget.maxUnavailable=most"]
+)
+def test_disruption_budget_refuses_what_would_block_or_mean_nothing(helm: Helm, flag: str) -> None:
+    result = helm.run("template", "x", str(CHART), "--set", "replicaCount=2", "--set", flag, check=False)
+    assert result.returncode != 0
+    assert "maxUnavailable" in result.stderr

@@ -12,13 +12,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
 from poolbudget import handlers
 from poolbudget.adapters import kubernetes as adapter
-from tests.chart import find, objects
+from poolbudget.cli import build_parser
+from tests.chart import KUBERNETES_VERSIONS, Grant, find, granted, objects, validate_strict
 from tests.helm import REPO, Helm, helm_fixture  # noqa: F401
-
-Grant = tuple[str, str, str]  # (API group, resource, verb); "" is the core group
 
 # The kubernetes client's API classes, by the attribute the adapter keeps them in.
 API_GROUPS = {"_apps": "apps", "_core": ""}
@@ -90,16 +90,6 @@ def kopf_needs(module: ModuleType = handlers) -> set[Grant]:
             if name in CHANGING:
                 needs.add((group, plural, "patch"))
     return needs
-
-
-def granted(role: dict[str, Any]) -> set[Grant]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +166,205 @@ def _documented(section: str) -> set[Grant]:
 def test_security_docs_list_exactly_the_grants(rendered: list[dict[str, Any]]) -> None:
     assert _documented("## Kubernetes RBAC") == granted(find(rendered, "ClusterRole"))
     assert _documented("The Role, in the operator's namespace only") == granted(find(rendered, "Role"))
+
+
+# --- watch.clusterWide false: a Role per watched namespace -------------------------------------------------
+
+# Built-in resources the operator's grants name, by scope. A resource in neither set fails the test: say here
+# where it lives before granting it.
+CLUSTER_SCOPED_BUILT_INS = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+NAMESPACED_BUILT_INS = {
+    ("", "pods"),
+    ("", "events"),
+    ("", "secrets"),
+    ("apps", "deployments"),
+    ("autoscaling", "horizontalpodautoscalers"),
+}
+WATCHED = ["apps", "billing"]
+OPERATOR_NAMESPACE = "poolbudget-system"
+
+
+def _crd_scopes() -> dict[tuple[str, str], str]:
+    """(group, plural) -> Namespaced or Cluster, for every CRD in crds/."""
+    scopes = {}
+    for path in (REPO / "crds").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] == "CustomResourceDefinition":
+                spec = doc["spec"]
+                scopes[(spec["group"], spec["names"]["plural"])] = spec["scope"]
+    return scopes
+
+
+def is_cluster_scoped(grant: Grant) -> bool:
+    group, resource, _ = grant
+    key = (group, resource.split("/", 1)[0])  # a subresource lives where its resource does
+    crds = _crd_scopes()
+    if key in crds:
+        return crds[key] == "Cluster"
+    assert key in CLUSTER_SCOPED_BUILT_INS | NAMESPACED_BUILT_INS, f"say where {key} lives in this test"
+    return key in CLUSTER_SCOPED_BUILT_INS
+
+
+def every_grant() -> set[Grant]:
+    """Everything the operator calls, in either mode."""
+    return {grant for grant, _ in adapter_calls()} | kopf_needs()
+
+
+def _namespaced_render(helm: Helm, *namespaces: str, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    return objects(
+        helm.template(
+            "--set", "replicaCount=2", "--set", "watch.clusterWide=false",
+            "--set", "watch.namespaces={" + ",".join(namespaces) + "}", *extra,
+        )
+    )  # fmt: skip
+
+
+def _by_namespace(rendered: list[dict[str, Any]], kind: str) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in rendered if o["kind"] == kind}
+
+
+@pytest.fixture(scope="module")
+def namespaced(helm: Helm) -> list[dict[str, Any]]:
+    return _namespaced_render(helm, *WATCHED)
+
+
+def test_every_grant_has_a_known_scope() -> None:
+    cluster = {g for g in every_grant() if is_cluster_scoped(g)}
+    assert ("poolbudget.io", "poolbudgets", "list") in cluster
+    assert ("apps", "deployments", "patch") not in cluster
+    # The adapter's own calls say their scope too (patch_cluster_custom_object_status, *_namespaced_*).
+    for grant, namespaced in adapter_calls():
+        assert is_cluster_scoped(grant) is not namespaced, grant
+
+
+def test_namespaced_mode_cluster_role_holds_only_cluster_scoped_grants(
+    namespaced: list[dict[str, Any]],
+) -> None:
+    role = granted(find(namespaced, "ClusterRole"))
+    assert role == {g for g in every_grant() if is_cluster_scoped(g)}
+    binding = find(namespaced, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == find(namespaced, "ClusterRole")["metadata"]["name"]
+
+
+def test_namespaced_mode_grants_the_apps_resources_in_each_watched_namespace_only(
+    namespaced: list[dict[str, Any]],
+) -> None:
+    app_grants = {g for g in every_grant() if not is_cluster_scoped(g) and g[1] != "secrets"}
+    roles = _by_namespace(namespaced, "Role")
+    watched_roles = {ns: role for (ns, name), role in roles.items() if name == "poolbudget"}
+    assert sorted(watched_roles) == WATCHED
+    for role in watched_roles.values():
+        assert granted(role) == app_grants
+    # Nothing else anywhere: the Secrets Role and the Events Role in the operator's namespace.
+    others = {key: granted(role) for key, role in roles.items() if key[1] != "poolbudget"}
+    assert others == {
+        (OPERATOR_NAMESPACE, "poolbudget-secrets"): {("", "secrets", "get")},
+        (OPERATOR_NAMESPACE, "poolbudget-events"): {("", "events", "create")},
+    }
+
+
+def test_namespaced_mode_splits_the_cluster_wide_grants_exactly(
+    rendered: list[dict[str, Any]], namespaced: list[dict[str, Any]]
+) -> None:
+    """The same calls are allowed in both modes, only where they are allowed differs."""
+    cluster_wide = granted(find(rendered, "ClusterRole")) | granted(find(rendered, "Role", "-secrets"))
+    split = granted(find(namespaced, "ClusterRole")) | {
+        grant for role in _by_namespace(namespaced, "Role").values() for grant in granted(role)
+    }
+    assert split == cluster_wide == every_grant()
+
+
+def test_namespaced_mode_binds_each_role_to_the_service_account(namespaced: list[dict[str, Any]]) -> None:
+    account = find(namespaced, "ServiceAccount")["metadata"]["name"]
+    roles, bindings = _by_namespace(namespaced, "Role"), _by_namespace(namespaced, "RoleBinding")
+    assert sorted(bindings) == sorted(roles)
+    for (namespace, name), binding in bindings.items():
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": OPERATOR_NAMESPACE}
+        ], namespace
+
+
+def test_watching_the_operators_own_namespace_needs_no_events_role(helm: Helm) -> None:
+    rendered = _namespaced_render(helm, "apps", OPERATOR_NAMESPACE)
+    roles = _by_namespace(rendered, "Role")
+    assert sorted(roles) == [
+        ("apps", "poolbudget"),
+        (OPERATOR_NAMESPACE, "poolbudget"),
+        (OPERATOR_NAMESPACE, "poolbudget-secrets"),
+    ]
+    assert ("", "events", "create") in granted(roles[(OPERATOR_NAMESPACE, "poolbudget")])
+
+
+def _run_args(rendered: list[dict[str, Any]]) -> Any:
+    """The Deployment's container args as `poolbudget run` parses them (the image's entrypoint)."""
+    (container,) = find(rendered, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return build_parser().parse_args(["run", *container["args"]])
+
+
+def test_the_operator_serves_exactly_the_watched_namespaces(
+    rendered: list[dict[str, Any]], namespaced: list[dict[str, Any]]
+) -> None:
+    assert _run_args(namespaced).namespace == WATCHED
+    assert _run_args(rendered).namespace == []  # cluster-wide
+
+
+def test_namespaced_mode_lints_strictly(helm: Helm) -> None:
+    chart = str(REPO / "helm" / "poolbudget")
+    namespaced = ["--set", "watch.clusterWide=false", "--set", "watch.namespaces={apps,billing}"]
+    result = helm.run("lint", "--strict", chart, "--set", "replicaCount=2", *namespaced)
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_namespaced_mode_validates_strictly(helm: Helm, version: str) -> None:
+    rendered = _namespaced_render(helm, *WATCHED, extra=("--kube-version", f"{version}.0"))
+    assert {o["kind"] for o in rendered} >= {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    for obj in rendered:
+        validate_strict(obj, version)
+
+
+def test_namespaced_mode_with_rbac_create_false_renders_no_rbac(helm: Helm) -> None:
+    rendered = _namespaced_render(helm, *WATCHED, extra=("--set", "rbac.create=false"))
+    assert not {o["kind"] for o in rendered} & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    assert _run_args(rendered).namespace == WATCHED  # the operator still serves only them
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["watch.clusterWide=false"], "/watch/namespaces"),
+        (["watch.clusterWide=false", "watch.namespaces={}"], "/watch/namespaces"),
+        (["watch.namespaces={apps}"], "/watch/namespaces"),  # a list with clusterWide true would be ignored
+        (
+            ["watch.clusterWide=false", "watch.namespaces={apps-*}"],
+            "/watch/namespaces/0",
+        ),  # no Role for a pattern
+        (["watch.clusterWide=false", "watch.namespaces={apps,apps}"], "/watch/namespaces"),
+    ],
+    ids=["no-list", "empty-list", "list-but-cluster-wide", "pattern", "duplicate"],
+)
+def test_watch_values_that_cannot_be_granted_are_refused(
+    helm: Helm, flags: list[str], complaint: str
+) -> None:
+    args = [a for flag in flags for a in ("--set", flag)]
+    result = helm.run("template", "x", str(REPO / "helm" / "poolbudget"), *args, check=False)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_renders_without_the_schema_still_refuse_an_empty_watch_list(helm: Helm) -> None:
+    chart = str(REPO / "helm" / "poolbudget")
+    flags = ["--skip-schema-validation", "--set", "watch.clusterWide=false"]
+    result = helm.run("template", "x", chart, *flags, check=False)
+    assert result.returncode != 0
+    assert "list the namespaces to watch in watch.namespaces" in result.stderr
+
+
+def test_notes_say_which_namespaces_are_served(helm: Helm) -> None:
+    chart = str(REPO / "helm" / "poolbudget")
+    namespaced = ["--set", "watch.clusterWide=false", "--set", "watch.namespaces={apps,billing}"]
+    notes = helm.run("install", "p", chart, "--dry-run=client", "-n", "ops", *namespaced).stdout
+    assert "in these namespaces only: apps, billing." in notes
+    assert "in every namespace" in helm.run("install", "p", chart, "--dry-run=client", "-n", "ops").stdout

@@ -22,6 +22,13 @@ The fully qualified name: the release name, plus the chart name unless the relea
 {{- end }}
 
 {{/*
+The namespace of every namespaced object: namespaceOverride, else the release's.
+*/}}
+{{- define "poolbudget.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
 Chart name and version, for the helm.sh/chart label.
 */}}
 {{- define "poolbudget.chart" -}}
@@ -29,7 +36,7 @@ Chart name and version, for the helm.sh/chart label.
 {{- end }}
 
 {{/*
-Labels on every object.
+Labels on every object the chart renders (not on the operator's pods: see poolbudget.podLabels).
 */}}
 {{- define "poolbudget.labels" -}}
 helm.sh/chart: {{ include "poolbudget.chart" . }}
@@ -48,6 +55,17 @@ Labels that select the operator's pods (immutable once the Deployment exists).
 {{- define "poolbudget.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "poolbudget.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels on the operator's pods: the selector labels and podLabels, nothing that changes with the chart's
+version or appVersion, so that a chart upgrade that changes nothing about the operator restarts nothing.
+*/}}
+{{- define "poolbudget.podLabels" -}}
+{{ include "poolbudget.selectorLabels" . }}
+{{- with .Values.podLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
