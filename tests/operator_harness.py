@@ -13,7 +13,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +68,14 @@ class OperatorProcess:
         priority: int | None = None,
         env: Mapping[str, str] | None = None,
         name: str = "operator",
+        args: Sequence[str] = (),
     ) -> None:
         self.emulator = emulator
         self.log_path = workdir / f"{name}.log"
         self.liveness_port = free_port()
         self.metrics_port = free_port()
         self.standalone = standalone
+        self.args = list(args)  # more `poolbudget run` arguments, e.g. the chart's --namespace list
         self.env = {
             **emulator.env(),
             "POOLBUDGET_NAMESPACE": "default",
@@ -98,6 +100,7 @@ class OperatorProcess:
         command = ["poolbudget", "run", "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
         if self.standalone:
             command.append("--standalone")
+        command += self.args
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         wait_until(

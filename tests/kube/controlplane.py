@@ -43,6 +43,10 @@ AUDIT_POLICY = {
     "rules": [
         # Every write, with its body, so tests can count writes per user and see what was patched.
         {"level": "Request", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        # Reads too, but only by ServiceAccounts outside kube-system (the operator run with the chart's): an RBAC
+        # test sees every request it made and its answer. The controllers' own reads would only fill the file.
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
         {"level": "None"},
     ],
 }

@@ -26,6 +26,7 @@ from tests.kube.controlplane import ROOT, ControlPlane, binary, control_plane, w
 BUDGET_CRD = ROOT / "crds" / "poolbudget.io_poolbudgets.yaml"
 PEERING_CRD = ROOT / "crds" / "kopf-peering.yaml"
 EXTERNAL_KUBECONFIG_ENV = "POOLBUDGET_E2E_KUBECONFIG"
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class AuditLog:
         return self.path.stat().st_size if self.path.exists() else 0
 
     def writes(self, since: int = 0, *, user: str | None = None) -> list[AuditEvent]:
+        """The writes (create, update, patch, delete) since an offset, of one user or of everyone."""
+        return [e for e in self.requests(since, user=user) if e.verb in WRITE_VERBS]
+
+    def requests(self, since: int = 0, *, user: str | None = None) -> list[AuditEvent]:
+        """Every request logged since an offset: all writes, and reads by ServiceAccounts outside kube-system."""
         if not self.path.exists():
             return []
         with self.path.open("rb") as log:
