@@ -116,7 +116,8 @@ def test_the_operator_works_with_exactly_the_charts_rights(
     assert not release.can("update", "clusterroles", None)
     denied = kube.kubectl("delete", "deployment", "web", "-n", apps, kubeconfig=kubeconfig, check=False)
     assert denied.returncode != 0
-    assert "Forbidden" in denied.stderr and "cannot delete resource" in denied.stderr, denied.stderr
+    assert "Forbidden" in denied.stderr, denied.stderr
+    assert "cannot delete resource" in denied.stderr, denied.stderr
     assert kube.get("deployment", "web", apps) is not None
     assert ("delete", "deployments", apps) in release.forbidden(mark)
 
