@@ -170,6 +170,7 @@ class ControlPlane:
 
     workdir: Path
     components: dict[str, Component] = field(default_factory=dict)
+    controller_qps: int = 200  # the controller-manager's and scheduler's API rate (burst twice that)
     apiserver_port: int = 0
     etcd_url: str = ""
     admin_token: str = ""
@@ -270,14 +271,15 @@ class ControlPlane:
             "--bind-address", "127.0.0.1", "--secure-port", str(free_port()), "--leader-elect=false",
             "--service-account-private-key-file", str(pki / "sa.key"), "--root-ca-file", str(pki / "ca.crt"),
             "--use-service-account-credentials=true", "--controllers", "*,-node-ipam-controller,-cloud-node-lifecycle-controller,-service-lb-controller,-node-route-controller",
-            "--kube-api-qps", "200", "--kube-api-burst", "400", "--concurrent-deployment-syncs", "10",
+            "--kube-api-qps", str(self.controller_qps), "--kube-api-burst", str(2 * self.controller_qps),
+            "--concurrent-deployment-syncs", "10",
             "--concurrent-replicaset-syncs", "10",
         ])  # fmt: skip
         self._component("kube-scheduler", [
             binary("kube-scheduler"), "--kubeconfig", kubeconfig_path,
             "--authentication-kubeconfig", kubeconfig_path, "--authorization-kubeconfig", kubeconfig_path,
             "--bind-address", "127.0.0.1", "--secure-port", str(free_port()), "--leader-elect=false",
-            "--kube-api-qps", "200", "--kube-api-burst", "400",
+            "--kube-api-qps", str(self.controller_qps), "--kube-api-burst", str(2 * self.controller_qps),
         ])  # fmt: skip
         self._component("kwok", [
             binary("kwok"), "--kubeconfig", kubeconfig_path, "--manage-all-nodes", "--config", str(STAGES),

@@ -42,6 +42,9 @@ class AuditEvent:
     name: str
     code: int
     request: Mapping[str, Any] | None
+    received: str  # requestReceivedTimestamp, RFC 3339 with microseconds
+    completed: str  # stageTimestamp of ResponseComplete
+    audit_id: str
 
     @classmethod
     def parse(cls, entry: Mapping[str, Any]) -> AuditEvent:
@@ -56,6 +59,9 @@ class AuditEvent:
             name=ref.get("name", ""),
             code=int((entry.get("responseStatus") or {}).get("code", 0)),
             request=entry.get("requestObject"),
+            received=entry.get("requestReceivedTimestamp", ""),
+            completed=entry.get("stageTimestamp", ""),
+            audit_id=entry.get("auditID", ""),
         )
 
 
