@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import yaml
 
 from tests.kube.fixtures import KubeCluster, wait_for
 from tests.kube.operator import condition, operator_on, template_env
-from tests.operator_harness import FAST, budget_manifest, deployment_manifest
+from tests.operator_harness import FAST, budget_manifest, deployment_manifest, write_manifests
 
 pytestmark = pytest.mark.kube
 
@@ -78,11 +80,20 @@ def test_the_rest_is_invalid_with_the_field_named(
 def test_get_describe_and_events(
     kube: KubeCluster, budget_name: str, namespaces: Callable[[str], str], tmp_path: Path
 ) -> None:
+    """The operator writes what `poolbudget plan` prints for the same manifests; get/describe/events show it."""
     ns = namespaces("app")
-    kube.apply(
+    settings = json.dumps({"echo": True, "pool_size": 40, "max_overflow": 40})
+    manifests = [
         budget_manifest(budget_name, 50, reserved=5, rebalance=FAST),
         deployment_manifest("api", ns, budget=budget_name, replicas=2),
-    )
+        deployment_manifest("flow", ns, budget=budget_name, replicas=1, annotations={"poolbudget.io/profile": "langflow"},
+                            env=[{"name": "LANGFLOW_DB_CONNECTION_SETTINGS", "value": settings}]),
+    ]  # fmt: skip
+    kube.apply(*manifests)
+    planned = json.loads(
+        subprocess.run(["poolbudget", "plan", "-f", str(write_manifests(tmp_path / "m.yaml", *manifests)), "-o", "json"],
+                       capture_output=True, text=True, check=True, timeout=60).stdout
+    )["budgets"][0]  # fmt: skip
     with operator_on(kube, tmp_path):
         wait_for(lambda: condition(kube, budget_name, "Ready").get("status") == "True", timeout=60,
                  message=lambda: f"Ready\n{kube.get('poolbudget', budget_name)}")  # fmt: skip
@@ -90,8 +101,18 @@ def test_get_describe_and_events(
         assert table[0].split() == ["NAME", "MAX", "AVAILABLE", "ALLOCATED", "DEPLOYMENTS", "READY", "AGE"]
         row = table[1].split()
         status = (kube.get("poolbudget", budget_name) or {})["status"]
-        assert row[:6] == [budget_name, "50", "42", str(status["allocated"]), "1", "True"]
-        assert 0 < status["allocated"] <= 42
+        assert row[:6] == [budget_name, "50", "42", str(planned["allocated"]), "2", "True"]
+        assert status["allocated"] == planned["allocated"] <= 42
+        for entry in planned["deployments"]:
+            env = template_env(kube.get("deployment", entry["name"], ns) or {})
+            assert {e["name"]: env.get(e["name"]) for e in entry["env"]} == {
+                e["name"]: e["value"] for e in entry["env"]
+            }
+        written = json.loads(
+            template_env(kube.get("deployment", "flow", ns) or {})["LANGFLOW_DB_CONNECTION_SETTINGS"] or ""
+        )
+        assert written["echo"] is True  # Langflow's JSON keeps the user's own keys
+        assert set(written) >= {"pool_size", "max_overflow", "pool_timeout", "pool_pre_ping", "pool_recycle"}
 
         described = kube.kubectl("describe", "pb", budget_name).stdout
         for kind in ("Ready", "Overcommitted", "DatabaseReachable", "MetricsAvailable", "Invalid"):
