@@ -9,6 +9,7 @@ token, and an audit policy that logs every write to ``audit.log`` (the honest co
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ START_TIMEOUT = (
 )
 STOP_TIMEOUT = 15.0
 ADMIN_USER = "poolbudget-test-admin"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -85,6 +87,11 @@ def wait_until(
         time.sleep(interval)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, so a killed run leaves no server behind."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class Component:
     """One control-plane process with its log file."""
@@ -102,6 +109,7 @@ class Component:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def running(self) -> bool:
