@@ -133,8 +133,15 @@ class AllotmentFile:
         self.current: Allotment | None = None  # the last valid allotment read
         self._last_problem: str | None = None
         self.warnings = 0  # how many warnings were logged (for tests and metrics)
+        self.polls = 0  # how many times the file was read: a definite signal that a write was seen
 
     def poll(self) -> Allotment | None:
+        try:
+            return self._poll()
+        finally:
+            self.polls += 1  # counted once the read is over
+
+    def _poll(self) -> Allotment | None:
         try:
             allotment = read_allotment(self.path)
         except AllotmentError as error:
