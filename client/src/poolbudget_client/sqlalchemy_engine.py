@@ -1,8 +1,9 @@
 """``create_engine(url, **kw)``: a real SQLAlchemy Engine whose pool follows the allotment file.
 
 SQLAlchemy's ``QueuePool`` has no resize. :class:`FollowingQueuePool` subclasses it and replaces its bookkeeping
-with one of its own under one lock (a ``threading.Condition``): the idle records, the number of records open
-(idle + checked out + being connected), ``pool_size`` and ``max_overflow``. A record counts as open from the
+with one of its own under one lock: the idle records, the number of records open (idle + checked out + being
+connected), ``pool_size``, ``max_overflow`` and the checkouts waiting, served first come first served (a returned
+connection or a freed slot is handed to the oldest waiter, so busy threads cannot starve a waiting one). A record counts as open from the
 moment a slot is taken for it until its connection is closed, so the pool never holds more than
 ``pool_size + max_overflow`` connections once a resize has returned, except connections that were already checked
 out, which are closed as they come back. Only ``Pool``'s extension points are used: ``_do_get``,
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from typing import Any
@@ -42,6 +42,17 @@ def _is_idle(dbapi_connection: Any) -> bool:
     return False
 
 
+class _Waiter:
+    """A checkout waiting for a connection: given an idle ``record`` or a ``slot`` to open one."""
+
+    __slots__ = ("event", "record", "slot")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.record: ConnectionPoolEntry | None = None
+        self.slot = False
+
+
 class FollowingQueuePool(QueuePool):
     """A ``QueuePool`` that can be resized while in use: :meth:`resize`.
 
@@ -61,7 +72,8 @@ class FollowingQueuePool(QueuePool):
         super().__init__(
             creator, pool_size=pool_size, max_overflow=max_overflow, timeout=timeout, use_lifo=use_lifo, **kw
         )
-        self._pb_cond = threading.Condition()
+        self._pb_lock = threading.Lock()
+        self._pb_waiters: deque[_Waiter] = deque()  # checkouts waiting, first come first served
         self._pb_idle: deque[ConnectionPoolEntry] = deque()
         self._pb_lifo = use_lifo
         self._pb_size = pool_size
@@ -89,7 +101,7 @@ class FollowingQueuePool(QueuePool):
         if pool_size < 1 or max_overflow < 0:
             raise ValueError("pool_size must be >= 1 and max_overflow >= 0")
         to_close: list[ConnectionPoolEntry] = []
-        with self._pb_cond:
+        with self._pb_lock:
             self._pb_size = pool_size
             self._pb_overflow = max_overflow
             total = self._pb_total()
@@ -97,18 +109,32 @@ class FollowingQueuePool(QueuePool):
                 len(self._pb_idle) > self._pb_idle_cap() or self._pb_open - len(to_close) > total
             ):
                 to_close.append(self._pb_idle.popleft())  # the longest idle first
-            self._pb_cond.notify_all()
+            self._pb_dispatch()
         for record in to_close:
             self._pb_close(record, over_limit=True)
+
+    def _pb_dispatch(self) -> None:
+        """Under the lock: hand idle connections, then free slots, to waiters in arrival order (no barging)."""
+        while self._pb_waiters:
+            if self._pb_idle:
+                waiter = self._pb_waiters.popleft()
+                waiter.record = self._pb_idle.pop() if self._pb_lifo else self._pb_idle.popleft()
+            elif self._pb_open < self._pb_total():
+                waiter = self._pb_waiters.popleft()
+                self._pb_open += 1
+                waiter.slot = True
+            else:
+                return
+            waiter.event.set()
 
     def _pb_close(self, record: ConnectionPoolEntry, *, over_limit: bool) -> None:
         # The slot is freed only once the connection is closed: never more than the limit at any instant.
         try:
             record.close()
         finally:
-            with self._pb_cond:
+            with self._pb_lock:
                 self._pb_open -= 1
-                self._pb_cond.notify()
+                self._pb_dispatch()
             follower = self._pb_follower
             if over_limit and follower is not None:
                 follower.core.closed_over_limit += 1
@@ -116,48 +142,51 @@ class FollowingQueuePool(QueuePool):
     # -- Pool's extension points -------------------------------------------------------------------------------
 
     def _do_get(self) -> ConnectionPoolEntry:
-        deadline: float | None = None
-        with self._pb_cond:
-            while True:
-                if self._pb_idle:
-                    return self._pb_idle.pop() if self._pb_lifo else self._pb_idle.popleft()
-                if self._pb_open < self._pb_total():
-                    self._pb_open += 1
-                    break
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self._timeout
-                if now >= deadline:
+        waiter: _Waiter | None = None
+        with self._pb_lock:
+            if not self._pb_waiters and self._pb_idle:
+                return self._pb_idle.pop() if self._pb_lifo else self._pb_idle.popleft()
+            if not self._pb_waiters and self._pb_open < self._pb_total():
+                self._pb_open += 1
+            else:
+                waiter = _Waiter()
+                self._pb_waiters.append(waiter)
+        if waiter is not None:
+            waiter.event.wait(self._timeout)
+            with self._pb_lock:  # decide under the lock: a hand-off may race with the timeout
+                if waiter.record is None and not waiter.slot:
+                    self._pb_waiters.remove(waiter)
                     raise exc.TimeoutError(
                         f"QueuePool limit of size {self._pb_size} overflow {self._pb_overflow} reached, "
                         f"connection timed out, timeout {self._timeout:0.2f}",
                         code="3o7r",
                     )
-                self._pb_cond.wait(deadline - now)
+            if waiter.record is not None:
+                return waiter.record
         try:
             return self._create_connection()
         except BaseException:
-            with self._pb_cond:
+            with self._pb_lock:
                 self._pb_open -= 1
-                self._pb_cond.notify()
+                self._pb_dispatch()
             raise
 
     def _pb_should_close(self) -> bool:
         return self._pb_open > self._pb_total() or len(self._pb_idle) >= self._pb_idle_cap()
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        with self._pb_cond:
+        with self._pb_lock:
             over_limit = self._pb_open > self._pb_total()
             closing = self._pb_should_close()
         if not closing and not self._pb_retag(record):
             closing = True
         if not closing:
-            with self._pb_cond:
+            with self._pb_lock:
                 over_limit = self._pb_open > self._pb_total()
                 closing = self._pb_should_close()
                 if not closing:
                     self._pb_idle.append(record)
-                    self._pb_cond.notify()
+                    self._pb_dispatch()
                     return
         self._pb_close(record, over_limit=over_limit)
 
@@ -188,10 +217,10 @@ class FollowingQueuePool(QueuePool):
 
     def _pb_retag_idle(self) -> None:
         """Take each idle connection out in turn, re-tag it when stale, and return it (or close it if over)."""
-        with self._pb_cond:
+        with self._pb_lock:
             count = len(self._pb_idle)
         for _ in range(count):
-            with self._pb_cond:
+            with self._pb_lock:
                 if not self._pb_idle:
                     return
                 record = self._pb_idle.popleft()
@@ -215,14 +244,14 @@ class FollowingQueuePool(QueuePool):
             _dispatch=self.dispatch,
             dialect=self._dialect,
         )
-        with self._pb_cond:
+        with self._pb_lock:
             self._pb_retired = True  # connections still out come back to this pool: close them then
         if self._pb_follower is not None:
             self._pb_follower.adopt(pool)
         return pool
 
     def dispose(self) -> None:
-        with self._pb_cond:
+        with self._pb_lock:
             records = list(self._pb_idle)
             self._pb_idle.clear()
         for record in records:
