@@ -247,3 +247,30 @@ async def test_async_pool_grows_and_shrinks(server: Server, pod: Pod) -> None:
                 assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
     finally:
         await pool.close()
+
+
+def test_a_process_shows_the_lowest_generation_its_followers_applied(
+    server: Server, pod: Pod, pools: list[ConnectionPool[Any]]
+) -> None:
+    # Two pools in one process (say a sync pool and an engine): the tag means "this process applied G", so it
+    # carries the generation both have applied.
+    first, second = open_pool(server), open_pool(server)
+    pools.extend([first, second])
+    other = KubeletFileStandIn(pod.kubelet.volume_dir.parent / "second")
+    pod.kubelet.write_allotment(5, 2, 0)
+    other.write_allotment(3, 2, 0)
+    common = {"first_wait": 5, "interval": FAST, "pod_uid": pod.uid}
+    with (
+        poolbudget_client.follow(first, allotment_file=pod.kubelet.path, **common) as one,  # type: ignore[arg-type]
+        poolbudget_client.follow(second, allotment_file=other.path, **common) as two,  # type: ignore[arg-type]
+    ):
+        assert (one.applied, two.applied) == (
+            poolbudget_client.Allotment(5, 2, 0),
+            poolbudget_client.Allotment(3, 2, 0),
+        )
+        assert wait_for(lambda: generations(server, pod), lambda g: g == [3] * 4) == [3] * 4
+        other.write_allotment(6, 2, 0)
+        assert two.wait_applied(6, timeout=5)
+        assert wait_for(lambda: generations(server, pod), lambda g: g == [5] * 4) == [5] * 4
+    # stopped followers leave the tags as they were; the pools keep their sizes
+    assert (first.max_size, second.max_size) == (2, 2)
