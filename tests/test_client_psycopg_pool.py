@@ -274,3 +274,23 @@ def test_a_process_shows_the_lowest_generation_its_followers_applied(
         assert wait_for(lambda: generations(server, pod), lambda g: g == [5] * 4) == [5] * 4
     # stopped followers leave the tags as they were; the pools keep their sizes
     assert (first.max_size, second.max_size) == (2, 2)
+
+
+def test_a_pool_followed_before_it_opens_opens_with_the_allotment(server: Server, pod: Pod) -> None:
+    pool: ConnectionPool[Any] = ConnectionPool(server.url(), min_size=1, max_size=1, open=False, timeout=10)
+    pod.kubelet.write_allotment(1, 3, 1)
+    started = time.monotonic()
+    with poolbudget_client.follow(
+        pool, allotment_file=pod.kubelet.path, first_wait=5, interval=FAST, pod_uid=pod.uid
+    ) as follower:
+        assert time.monotonic() - started < 2  # applied at once, no waiting for an open pool
+        assert follower.applied is not None
+        assert (pool.min_size, pool.max_size) == (3, 4)
+        pool.open(wait=True, timeout=10)
+        try:
+            assert wait_for(lambda: generations(server, pod), lambda g: g == [1] * 3) == [1] * 3
+            pod.kubelet.write_allotment(2, 1, 0)  # and it goes on following once open
+            assert follower.wait_applied(2, timeout=5)
+            assert wait_for(lambda: generations(server, pod), lambda g: g == [2]) == [2]
+        finally:
+            pool.close()

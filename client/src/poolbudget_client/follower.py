@@ -23,7 +23,7 @@ from .allotment import (
     first_wait_from_env,
 )
 from .confirmation_tag import clean_app_name, format_tag, pod_id, pod_id_from_env
-from .process_generation import REGISTRY
+from .process_generation import REGISTRY, Member
 
 logger = logging.getLogger("poolbudget_client")
 FIRST_WAIT_POLL = 0.05  # seconds between polls while waiting for the first allotment
@@ -115,14 +115,14 @@ class FollowerCore:
 
     # -- the confirmation tag --------------------------------------------------------------------------------
 
-    def join(self, member: object) -> None:
+    def join(self, member: Member) -> None:
         if self.pod is not None and not self._joined:
-            REGISTRY.join(self.pod, member)  # type: ignore[arg-type]  # member implements the protocol
+            REGISTRY.join(self.pod, member)
             self._joined = True
 
-    def leave(self, member: object) -> None:
+    def leave(self, member: Member) -> None:
         if self.pod is not None and self._joined:
-            REGISTRY.leave(self.pod, member)  # type: ignore[arg-type]
+            REGISTRY.leave(self.pod, member)
             self._joined = False
 
     def announce(self) -> None:

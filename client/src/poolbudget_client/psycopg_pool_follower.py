@@ -135,6 +135,12 @@ class PoolFollower(ThreadFollower):
 
     def _apply(self, allotment: Allotment) -> None:
         pool = self.pool
+        if not pool._opened:  # not open yet: it will open with the allotment (resize() needs the workers)
+            min_size, max_size = pool._check_size(allotment.pool_size, allotment.total)
+            with pool._lock:
+                pool._min_size, pool._max_size = min_size, max_size
+                pool._nconns = pool._nconns_min = min_size
+            return
         pool.resize(min_size=allotment.pool_size, max_size=allotment.total)
         to_close = []
         with pool._lock:
@@ -165,7 +171,7 @@ class PoolFollower(ThreadFollower):
                 pool._return_connection(conn, from_getconn=True)
 
     def _finished(self) -> bool:
-        return bool(self.pool.closed)
+        return bool(self.pool._opened and self.pool.closed)  # closed after being open (not: not yet open)
 
     def _stopped_hook(self) -> None:
         pool = self.pool
@@ -291,6 +297,12 @@ class AsyncPoolFollower:
 
     async def _apply(self, allotment: Allotment) -> None:
         pool = self.pool
+        if not pool._opened:  # not open yet: it will open with the allotment
+            min_size, max_size = pool._check_size(allotment.pool_size, allotment.total)
+            async with pool._lock:
+                pool._min_size, pool._max_size = min_size, max_size
+                pool._nconns = pool._nconns_min = min_size
+            return
         await pool.resize(min_size=allotment.pool_size, max_size=allotment.total)
         to_close = []
         async with pool._lock:
@@ -365,15 +377,18 @@ class AsyncPoolFollower:
                     break
                 await asyncio.sleep(min(FIRST_WAIT_POLL, max(0.0, deadline - time.monotonic())))
             self._ready.set()
-            while not self.pool.closed:
+            while not self._finished():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.core.interval)
                 self._wake.clear()
-                if self.pool.closed:
+                if self._finished():
                     break
                 await self._tick()
         finally:
             self._ready.set()
+
+    def _finished(self) -> bool:
+        return bool(self.pool._opened and self.pool.closed)
 
     async def _wait_ready(self) -> Self:
         await self._ready.wait()
