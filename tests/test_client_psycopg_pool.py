@@ -294,3 +294,52 @@ def test_a_pool_followed_before_it_opens_opens_with_the_allotment(server: Server
             assert wait_for(lambda: generations(server, pod), lambda g: g == [2]) == [2]
         finally:
             pool.close()
+
+
+def test_resizes_under_concurrent_load_stay_within_max_size(
+    server: Server, pod: Pod, pools: list[ConnectionPool[Any]]
+) -> None:
+    plan = [(2, 1), (5, 2), (1, 0), (3, 3), (1, 1), (4, 0)]
+    pool = open_pool(server)
+    pools.append(pool)
+    pod.kubelet.write_allotment(1, *plan[0])
+    workers = 6
+    iterations = [0] * workers
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        while not stop.is_set():
+            try:
+                with pool.connection(timeout=20) as conn:
+                    conn.execute("SELECT 1")
+            except BaseException as error:
+                errors.append(error)
+                return
+            iterations[index] += 1
+
+    with poolbudget_client.follow(
+        pool, allotment_file=pod.kubelet.path, first_wait=5, interval=0.02, pod_uid=pod.uid
+    ) as follower:
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(workers)]
+        for thread in threads:
+            thread.start()
+        try:
+            for generation, (size, overflow) in enumerate(plan[1:], start=2):
+                pod.kubelet.write_allotment(generation, size, overflow)
+                assert follower.wait_applied(generation, timeout=5)
+                seen = list(iterations)
+                assert wait_for(
+                    lambda: iterations,
+                    lambda now, s=seen: all(n >= b + 2 for n, b in zip(now, s, strict=True)),
+                    10,
+                )
+                counts = [tagged_count(server, pod.tag) for _ in range(10)]
+                assert max(counts) <= size + overflow, (generation, counts)
+                assert pool.get_stats()["pool_size"] <= size + overflow
+                assert not errors, errors
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+    assert not errors, errors

@@ -148,6 +148,8 @@ class PoolFollower(ThreadFollower):
                 to_close.append(pool._pool.pop())
                 pool._nconns -= 1
             pool._nconns_min = min(pool._nconns_min, len(pool._pool))
+            if pool._waiting:  # clients already waiting get the new room now, not at the next request
+                pool._maybe_grow_pool()
         for conn in to_close:
             self.core.closed_over_limit += 1
             pool._close_connection(conn)
@@ -310,6 +312,8 @@ class AsyncPoolFollower:
                 to_close.append(pool._pool.pop())
                 pool._nconns -= 1
             pool._nconns_min = min(pool._nconns_min, len(pool._pool))
+            if pool._waiting:
+                pool._maybe_grow_pool()
         for conn in to_close:
             self.core.closed_over_limit += 1
             await pool._close_connection(conn)
