@@ -113,6 +113,11 @@ class FollowerCore:
         with self._changed:
             return self._changed.wait_for(lambda: self.applied_count >= count, timeout)
 
+    def after_fork(self) -> None:
+        """Fresh locks and registry membership for a forked child (the parent's may be held by a dead thread)."""
+        self._changed = threading.Condition()
+        self._joined = False
+
     # -- the confirmation tag --------------------------------------------------------------------------------
 
     def join(self, member: Member) -> None:
@@ -182,6 +187,7 @@ class ThreadFollower:
         self._retag_wanted = True  # tag idle connections once at start: the operator sees the helper at once
         self._thread: threading.Thread | None = None
         self._hooks_removed = False
+        self.pid = os.getpid()  # the process whose thread polls; a forked child restarts it (after_fork)
 
     # protocol for the process registry
     @property
@@ -223,6 +229,23 @@ class ThreadFollower:
         self._thread = threading.Thread(target=self._run, name="poolbudget-follower", daemon=True)
         self._thread.start()
         return self
+
+    def after_fork(self) -> None:
+        """In a forked child (the parent's thread did not come along): poll again from this process.
+
+        The allotment already applied stays in force; connections opened from now on carry this process's id.
+        """
+        if self.pid == os.getpid() or self._stopped.is_set():
+            return
+        self.pid = os.getpid()
+        self._wake = threading.Event()
+        self.core.after_fork()
+        self.core.join(self)
+        self.core.announce()
+        self._retag_wanted = True
+        if self.core.source is not None:
+            self._thread = threading.Thread(target=self._run, name="poolbudget-follower", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while not self._stopped.is_set():

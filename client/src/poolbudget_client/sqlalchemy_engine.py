@@ -142,6 +142,9 @@ class FollowingQueuePool(QueuePool):
     # -- Pool's extension points -------------------------------------------------------------------------------
 
     def _do_get(self) -> ConnectionPoolEntry:
+        follower = self._pb_follower
+        if follower is not None and follower.pid != os.getpid():
+            follower.after_fork()  # a forked worker: its follower thread did not come along
         waiter: _Waiter | None = None
         with self._pb_lock:
             if not self._pb_waiters and self._pb_idle:
@@ -290,6 +293,7 @@ class EngineFollower(ThreadFollower):
         self._adopted = False
 
     def adopt(self, pool: FollowingQueuePool) -> None:
+        self.after_fork()  # engine.dispose(close=False) in a forked worker recreates the pool: follow from here
         pool._pb_follower = self
         self._pools.add(pool)
         self._adopted = True
