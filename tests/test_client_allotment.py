@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,32 @@ def test_tag_fits_postgres_and_parses_back(app: str | None, pod: str, process: i
 @given(st.text(max_size=80))
 def test_parse_tag_never_raises(text: str) -> None:
     parse_tag(text)
+
+
+def test_reader_racing_the_kubelet_never_sees_a_torn_or_missing_file(tmp_path: Path) -> None:
+    kubelet = KubeletFileStandIn(tmp_path / "podinfo")
+    kubelet.write_allotment(1, 1, 0)
+    source = AllotmentFile(kubelet.path)
+    last = 300
+    done = threading.Event()
+
+    def write() -> None:
+        for generation in range(2, last + 1):
+            kubelet.write_allotment(generation, generation % 7 + 1, generation % 3)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen: list[int] = []
+    while not done.is_set():
+        allotment = source.poll()
+        if allotment is not None:
+            seen.append(allotment.generation)
+    writer.join(10)
+    final = source.poll()
+    if final is not None:
+        seen.append(final.generation)
+    assert source.warnings == 0  # never torn, never missing, across every swap
+    assert seen == sorted(seen)
+    assert seen[-1] == last
+    assert source.polls > 10

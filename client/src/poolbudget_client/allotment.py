@@ -20,6 +20,7 @@ ALLOTMENT_FILE_ENV = "POOLBUDGET_ALLOTMENT_FILE"
 FIRST_WAIT_ENV = "POOLBUDGET_FIRST_WAIT_SECONDS"
 DEFAULT_FIRST_WAIT = 5.0  # seconds to wait at start for a first allotment, running at the floor meanwhile
 DEFAULT_INTERVAL = 1.0  # seconds between polls of the file; a change is applied within about this long
+MISSING = "the file does not exist"
 MAX_FILE_BYTES = 64 * 1024  # an annotation is far smaller; anything larger is not an allotment
 MAX_GENERATION = 10**19 - 1  # what the confirmation tag can carry (19 digits)
 MAX_CONNECTIONS = 262_143  # PostgreSQL's own ceiling for max_connections: a larger size is not an allotment
@@ -92,7 +93,7 @@ def read_allotment(path: str | os.PathLike[str]) -> Allotment:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise AllotmentError("the file does not exist") from None
+        raise AllotmentError(MISSING) from None
     except OSError as error:
         raise AllotmentError(f"the file cannot be read ({type(error).__name__})") from None
     if len(raw) > MAX_FILE_BYTES:
@@ -143,7 +144,14 @@ class AllotmentFile:
 
     def _poll(self) -> Allotment | None:
         try:
-            allotment = read_allotment(self.path)
+            try:
+                allotment = read_allotment(self.path)
+            except AllotmentError as error:
+                if error.problem != MISSING:
+                    raise
+                # The kubelet removes the previous timestamped directory right after the swap: a read that
+                # resolved ..data just before it can miss. Resolve once more before calling the file missing.
+                allotment = read_allotment(self.path)
         except AllotmentError as error:
             self._warn(error.problem)
             return None
