@@ -46,6 +46,16 @@ def _conninfo_secrets(pool: ConnectionPool[Any] | AsyncConnectionPool[Any]) -> l
     return secrets
 
 
+def _set_sizes_before_open(
+    pool: ConnectionPool[Any] | AsyncConnectionPool[Any], allotment: Allotment
+) -> None:
+    """The sizes a pool that is not open yet will open with. No lock: before ``open()`` no worker runs (and
+    psycopg_pool 3.2 makes its lock only at open)."""
+    min_size, max_size = pool._check_size(allotment.pool_size, allotment.total)
+    pool._min_size, pool._max_size = min_size, max_size
+    pool._nconns = pool._nconns_min = min_size
+
+
 class _Tags:
     """The app's own name and the tag last set, per connection (weakly: closed connections drop out)."""
 
@@ -136,10 +146,7 @@ class PoolFollower(ThreadFollower):
     def _apply(self, allotment: Allotment) -> None:
         pool = self.pool
         if not pool._opened:  # not open yet: it will open with the allotment (resize() needs the workers)
-            min_size, max_size = pool._check_size(allotment.pool_size, allotment.total)
-            with pool._lock:
-                pool._min_size, pool._max_size = min_size, max_size
-                pool._nconns = pool._nconns_min = min_size
+            _set_sizes_before_open(pool, allotment)
             return
         pool.resize(min_size=allotment.pool_size, max_size=allotment.total)
         to_close = []
@@ -155,7 +162,7 @@ class PoolFollower(ThreadFollower):
             pool._close_connection(conn)
 
     def _retag_idle(self) -> None:
-        if not self.core.tagging:
+        if not self.core.tagging or not self.pool._opened:
             return
         pool = self.pool
         with pool._lock:
@@ -300,10 +307,7 @@ class AsyncPoolFollower:
     async def _apply(self, allotment: Allotment) -> None:
         pool = self.pool
         if not pool._opened:  # not open yet: it will open with the allotment
-            min_size, max_size = pool._check_size(allotment.pool_size, allotment.total)
-            async with pool._lock:
-                pool._min_size, pool._max_size = min_size, max_size
-                pool._nconns = pool._nconns_min = min_size
+            _set_sizes_before_open(pool, allotment)
             return
         await pool.resize(min_size=allotment.pool_size, max_size=allotment.total)
         to_close = []
@@ -319,7 +323,7 @@ class AsyncPoolFollower:
             await pool._close_connection(conn)
 
     async def _retag_idle(self) -> None:
-        if not self.core.tagging:
+        if not self.core.tagging or not self.pool._opened:
             return
         pool = self.pool
         async with pool._lock:
