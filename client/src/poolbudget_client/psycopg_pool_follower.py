@@ -56,6 +56,25 @@ def _set_sizes_before_open(
     pool._nconns = pool._nconns_min = min_size
 
 
+def _close(pool: ConnectionPool[Any], conn: Connection[Any]) -> None:
+    # psycopg_pool's own _close_connection (3.2.8 and 3.3 have it, 3.2.0 not) drops the back-reference first.
+    close = getattr(pool, "_close_connection", None)
+    if close is not None:
+        close(conn)
+    else:
+        conn._pool = None
+        conn.close()
+
+
+async def _aclose(pool: AsyncConnectionPool[Any], conn: AsyncConnection[Any]) -> None:
+    close = getattr(pool, "_close_connection", None)
+    if close is not None:
+        await close(conn)
+    else:
+        conn._pool = None
+        await conn.close()
+
+
 class _Tags:
     """The app's own name and the tag last set, per connection (weakly: closed connections drop out)."""
 
@@ -108,7 +127,7 @@ class PoolFollower(ThreadFollower):
                     pool._nconns -= 1
             if over:
                 self.core.closed_over_limit += 1
-                pool._close_connection(conn)
+                _close(pool, conn)
                 return
             original_add_to_pool(conn)
 
@@ -159,7 +178,7 @@ class PoolFollower(ThreadFollower):
                 pool._maybe_grow_pool()
         for conn in to_close:
             self.core.closed_over_limit += 1
-            pool._close_connection(conn)
+            _close(pool, conn)
 
     def _retag_idle(self) -> None:
         if not self.core.tagging or not self.pool._opened:
@@ -239,7 +258,7 @@ class AsyncPoolFollower:
                     pool._nconns -= 1
             if over:
                 self.core.closed_over_limit += 1
-                await pool._close_connection(conn)
+                await _aclose(pool, conn)
                 return
             await original_add_to_pool(conn)
 
@@ -320,7 +339,7 @@ class AsyncPoolFollower:
                 pool._maybe_grow_pool()
         for conn in to_close:
             self.core.closed_over_limit += 1
-            await pool._close_connection(conn)
+            await _aclose(pool, conn)
 
     async def _retag_idle(self) -> None:
         if not self.core.tagging or not self.pool._opened:
