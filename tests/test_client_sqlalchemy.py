@@ -23,7 +23,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from poolbudget_client import parse_tag
+from poolbudget_client import parse_tag, sqlalchemy_engine
 from poolbudget_client.sqlalchemy_engine import FollowingQueuePool
 from sqlalchemy import Engine, Integer, String, event, exc, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -335,6 +335,28 @@ class FakeConnection:
         if not self.closed:
             self.closed = True
             self.db.live -= 1
+
+
+def test_a_checkout_interrupted_while_handed_a_connection_gives_it_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    db = FakeDBAPI()
+    pool = FollowingQueuePool(db.connect, pool_size=1, max_overflow=0, timeout=5)
+    held = pool.connect()
+
+    class Interrupted(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            held.close()  # the returned connection goes straight to the waiting checkout...
+            raise KeyboardInterrupt  # ...which is interrupted at that very moment
+
+    monkeypatch.setattr(sqlalchemy_engine._Waiter, "event_class", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool.connect()
+    monkeypatch.undo()
+    assert (pool.checkedin(), pool.open_connections(), db.live) == (1, 1, 1)  # not lost with the waiter
+    pool.connect().close()  # and usable at once
+    pool.dispose()
+    assert db.live == 0
 
 
 class PoolMachine(RuleBasedStateMachine):

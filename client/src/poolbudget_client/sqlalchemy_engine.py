@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any
@@ -46,9 +47,10 @@ class _Waiter:
     """A checkout waiting for a connection: given an idle ``record`` or a ``slot`` to open one."""
 
     __slots__ = ("event", "record", "slot")
+    event_class = threading.Event
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event = self.event_class()
         self.record: ConnectionPoolEntry | None = None
         self.slot = False
 
@@ -155,7 +157,11 @@ class FollowingQueuePool(QueuePool):
                 waiter = _Waiter()
                 self._pb_waiters.append(waiter)
         if waiter is not None:
-            waiter.event.wait(self._timeout)
+            try:
+                waiter.event.wait(self._timeout)
+            except BaseException:  # interrupted while waiting: give back whatever was handed over meanwhile
+                self._pb_abandon(waiter)
+                raise
             with self._pb_lock:  # decide under the lock: a hand-off may race with the timeout
                 if waiter.record is None and not waiter.slot:
                     self._pb_waiters.remove(waiter)
@@ -173,6 +179,17 @@ class FollowingQueuePool(QueuePool):
                 self._pb_open -= 1
                 self._pb_dispatch()
             raise
+
+    def _pb_abandon(self, waiter: _Waiter) -> None:
+        with self._pb_lock:
+            if waiter.record is None and not waiter.slot:
+                self._pb_waiters.remove(waiter)
+                return
+            if waiter.slot:
+                self._pb_open -= 1
+                self._pb_dispatch()
+        if waiter.record is not None:
+            self._do_return_conn(waiter.record)
 
     def _pb_should_close(self) -> bool:
         return self._pb_open > self._pb_total() or len(self._pb_idle) >= self._pb_idle_cap()
@@ -287,10 +304,14 @@ class FollowingQueuePool(QueuePool):
 class EngineFollower(ThreadFollower):
     """Follows the allotment file for an engine's pool (and the pools ``engine.dispose()`` recreates)."""
 
+    VISIBLE_RETRY_MAX = 30.0  # seconds between attempts to open the confirming connection, at most
+
     def __init__(self, core: FollowerCore) -> None:
         super().__init__(core)
         self._pools: weakref.WeakSet[FollowingQueuePool] = weakref.WeakSet()
         self._adopted = False
+        self._visible_retry_at = 0.0
+        self._visible_backoff = core.interval
 
     def adopt(self, pool: FollowingQueuePool) -> None:
         self.after_fork()  # engine.dispose(close=False) in a forked worker recreates the pool: follow from here
@@ -312,7 +333,7 @@ class EngineFollower(ThreadFollower):
 
     def _after_tick(self) -> None:
         # A process with no connection open could not show what it applied: keep one open (poolSize >= 1).
-        if not self.core.tagging or self.core.applied is None:
+        if not self.core.tagging or self.core.applied is None or time.monotonic() < self._visible_retry_at:
             return
         for pool in list(self._pools):
             if pool._pb_retired or pool.open_connections() > 0:
@@ -321,6 +342,11 @@ class EngineFollower(ThreadFollower):
                 pool.connect().close()
             except Exception as error:
                 self.core.warn_error_once("opening a connection to show the confirmation", error)
+                # the database is down or refuses: back off, so that polling the file is never held up for long
+                self._visible_retry_at = time.monotonic() + self._visible_backoff
+                self._visible_backoff = min(self._visible_backoff * 2, self.VISIBLE_RETRY_MAX)
+                return
+        self._visible_backoff = self.core.interval
 
     def _finished(self) -> bool:
         return self._adopted and not self._pools
