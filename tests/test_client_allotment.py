@@ -103,8 +103,10 @@ def test_reader_keeps_the_last_good_allotment_and_warns_once_per_problem(
     for _ in range(3):
         kubelet.write("{broken")
         assert source.poll() is None
-    for _ in range(2):
+    for _ in range(2):  # flapping between two bad states: each told once
         kubelet.write('{"generation": 5, "perProcess": {"poolSize": -2, "maxOverflow": 0}}')
+        assert source.poll() is None
+        kubelet.write("{broken")
         assert source.poll() is None
     kubelet.write(None)  # the item leaves the payload: the visible file disappears
     assert source.poll() is None

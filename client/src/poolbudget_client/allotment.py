@@ -125,14 +125,14 @@ class AllotmentFile:
     """Polls one allotment file. :meth:`poll` returns a *new* valid allotment, else None; it never raises.
 
     Bad input (no file, empty, malformed JSON, missing or negative numbers) is logged as ONE warning per
-    distinct problem in a row; the caller keeps what it had. A valid file clears the memory, so a problem that
-    comes back later is told again.
+    distinct problem; the caller keeps what it had. A valid file clears the memory, so a problem that comes back
+    after a valid file is told again (a file flapping between two bad states is told twice, not each time).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.current: Allotment | None = None  # the last valid allotment read
-        self._last_problem: str | None = None
+        self._problems: set[str] = set()  # told since the last valid file
         self.warnings = 0  # how many warnings were logged (for tests and metrics)
         self.polls = 0  # how many times the file was read: a definite signal that a write was seen
 
@@ -158,16 +158,16 @@ class AllotmentFile:
         except Exception as error:  # never raise into the app, whatever the file system does
             self._warn(f"reading the file failed ({type(error).__name__})")
             return None
-        self._last_problem = None
+        self._problems.clear()
         if allotment == self.current:
             return None
         self.current = allotment
         return allotment
 
     def _warn(self, problem: str) -> None:
-        if problem == self._last_problem:
+        if problem in self._problems:
             return
-        self._last_problem = problem
+        self._problems.add(problem)
         self.warnings += 1
         kept = (
             f"keeping generation {self.current.generation} (poolSize {self.current.pool_size}, "
