@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,3 +344,27 @@ def test_resizes_under_concurrent_load_stay_within_max_size(
             for thread in threads:
                 thread.join(10)
     assert not errors, errors
+
+
+def test_a_failing_pool_logs_no_password(server: Server, pod: Pod, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "Wrong-Secret-psyc0pg!"
+    conninfo = server.url(password=secret)  # right user, wrong password: every connection attempt fails
+    caplog.set_level(logging.DEBUG)
+    pod.kubelet.write_allotment(1, 2, 0)
+    pool: ConnectionPool[Any] = ConnectionPool(conninfo, min_size=1, max_size=1, open=True, timeout=1)
+    try:
+        with poolbudget_client.follow(
+            pool, allotment_file=pod.kubelet.path, first_wait=2, interval=FAST, pod_uid=pod.uid
+        ) as follower:
+            assert follower.applied is not None  # sizes are applied even while the database refuses
+            failed = wait_for(
+                lambda: [r for r in caplog.records if "password authentication failed" in r.getMessage()],
+                bool,
+                timeout=10,
+            )
+            assert failed, "psycopg_pool should have reported the failing connection"
+    finally:
+        pool.close()
+    logged = caplog.text + "".join(r.getMessage() for r in caplog.records)
+    assert secret not in logged
+    assert urllib.parse.quote(secret, safe="") not in logged
