@@ -20,7 +20,7 @@ from typing import Any
 import poolbudget_client
 import pytest
 from poolbudget_client import parse_tag
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, NullConnectionPool
 
 from tests.client_fixtures import Server, new_pod, tagged_count, tagged_names, wait_for
 from tests.kubelet_file_stand_in import KubeletFileStandIn
@@ -368,3 +368,9 @@ def test_a_failing_pool_logs_no_password(server: Server, pod: Pod, caplog: pytes
     logged = caplog.text + "".join(r.getMessage() for r in caplog.records)
     assert secret not in logged
     assert urllib.parse.quote(secret, safe="") not in logged
+
+
+def test_null_pools_are_refused_plainly() -> None:
+    pool: NullConnectionPool[Any] = NullConnectionPool("", open=False)
+    with pytest.raises(TypeError, match="null pools"):
+        poolbudget_client.follow(pool, allotment_file="/nonexistent", pod_uid=new_pod()[0])

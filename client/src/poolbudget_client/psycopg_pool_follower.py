@@ -471,6 +471,12 @@ def follow_pool(
     pool: ConnectionPool[Any] | AsyncConnectionPool[Any],
     make_core: Callable[[list[str]], FollowerCore],
 ) -> PoolFollower | AsyncPoolFollower:
+    from psycopg_pool import AsyncNullConnectionPool, NullConnectionPool
+
+    if isinstance(pool, NullConnectionPool | AsyncNullConnectionPool):
+        raise TypeError(
+            "poolbudget_client.follow() does not support null pools (they keep no connections to size)"
+        )
     core = make_core(_conninfo_secrets(pool))
     if isinstance(pool, AsyncConnectionPool):
         return AsyncPoolFollower(pool, core)
