@@ -29,7 +29,6 @@ from typing import Any
 
 import kubernetes
 import yaml
-
 from tests.helm import CHART, Helm, find_helm
 from tests.kube.controlplane import ControlPlane
 from tests.kube.fixtures import KubeCluster, install_crds
@@ -88,11 +87,20 @@ def audit_entries(path: Path, since: int) -> Iterator[dict[str, Any]]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(latencies: list[float]) -> dict[str, float] | None:
+    if not latencies:
+        return None
+    return {"p50": round(percentile(latencies, 0.5), 3), "p99": round(percentile(latencies, 0.99), 3),
+            "max": round(max(latencies), 3), "events": len(latencies)}  # fmt: skip
 
 
 class Fleet:
-    def __init__(self, kube: KubeCluster, deployments: int, namespaces: int, budgets: int, replicas: int) -> None:
+    def __init__(
+        self, kube: KubeCluster, deployments: int, namespaces: int, budgets: int, replicas: int
+    ) -> None:
         self.kube, self.count, self.namespaces, self.budgets, self.replicas = (
             kube, deployments, namespaces, budgets, replicas,
         )  # fmt: skip
@@ -129,7 +137,9 @@ class Fleet:
     def deployments(self) -> list[Any]:
         items, token = [], None
         while True:
-            page = self.apps.list_deployment_for_all_namespaces(limit=500, _continue=token, _request_timeout=60)
+            page = self.apps.list_deployment_for_all_namespaces(
+                limit=500, _continue=token, _request_timeout=60
+            )
             items += [d for d in page.items if d.metadata.namespace.startswith("fleet-")]
             token = page.metadata._continue
             if not token:
@@ -149,7 +159,9 @@ class Fleet:
             budget = self.kube.get("poolbudget", f"fleet-{b}") or {}
             conditions = (budget.get("status") or {}).get("conditions") or []
             ready += any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-        return waiting == 0 and (not sized or ready == self.budgets), f"{waiting} Deployments waiting, {ready} Ready"
+        return waiting == 0 and (
+            not sized or ready == self.budgets
+        ), f"{waiting} Deployments waiting, {ready} Ready"
 
     def wait(self, sized: bool, timeout: float) -> float:
         started = time.monotonic()
@@ -166,7 +178,9 @@ def install_chart(kube: KubeCluster, workdir: Path) -> Path:
     helm = Helm(find_helm(), workdir / "helm-home")
     helm.run("install", "poolbudget", str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace",
              "--kubeconfig", str(kube.kubeconfig), "--set", "crds.create=false", "--wait=false")  # fmt: skip
-    config_path = kube.service_account_kubeconfig(OPERATOR_NAMESPACE, SERVICE_ACCOUNT, workdir / "sa.kubeconfig")
+    config_path = kube.service_account_kubeconfig(
+        OPERATOR_NAMESPACE, SERVICE_ACCOUNT, workdir / "sa.kubeconfig"
+    )
     config = yaml.safe_load(config_path.read_text())
     config["contexts"][0]["context"]["namespace"] = OPERATOR_NAMESPACE
     config_path.write_text(yaml.safe_dump(config))
@@ -187,7 +201,9 @@ def burst(fleet: Fleet, plane: ControlPlane, events: int) -> dict[str, Any]:
     chosen = [i * (fleet.count // events) for i in range(events)]
     for i in chosen:
         namespace, name, _ = fleet.name(i)
-        fleet.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": fleet.replicas + 1}})
+        fleet.apps.patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": fleet.replicas + 1}}
+        )
     settle = fleet.wait(sized=True, timeout=900)
     budget_of = {fleet.name(i)[1]: fleet.name(i)[2] for i in range(fleet.count)}
     scale_at: dict[str, float] = {}
@@ -211,13 +227,16 @@ def burst(fleet: Fleet, plane: ControlPlane, events: int) -> dict[str, Any]:
         patches = [t for t, r in after if r == "deployments"]
         if patches:
             first_patch.append(min(patches) - at)
-    posts = sum(1 for e in operator_requests(plane.audit_log, mark) if (e.get("objectRef") or {}).get("resource") == "events")
+    posts = sum(
+        1
+        for e in operator_requests(plane.audit_log, mark)
+        if (e.get("objectRef") or {}).get("resource") == "events"
+    )
     return {
         "events": len(scale_at),
         "settled_s": round(settle, 1),
-        "event_to_first_write_s": {"p50": round(percentile(first_write, 0.5), 3), "p99": round(percentile(first_write, 0.99), 3)},
-        "event_to_first_patch_s": ({"p50": round(percentile(first_patch, 0.5), 3), "p99": round(percentile(first_patch, 0.99), 3),
-                                    "events_with_a_patch": len(first_patch)} if first_patch else None),  # fmt: skip
+        "event_to_first_write_s": summary(first_write),
+        "event_to_first_patch_s": summary(first_patch),
         "operator_writes": len(writes),
         "deployment_patches": sum(1 for _, _, r in writes if r == "deployments"),
         "status_writes": sum(1 for _, _, r in writes if r == "poolbudgets"),
@@ -271,13 +290,19 @@ def main() -> None:
                 per_minute = 60.0 / args.steady_seconds
                 result["steady_state_per_minute"] = {
                     "requests": round(len(steady) * per_minute, 1),
-                    "writes": round(sum(e["verb"] in ("create", "update", "patch", "delete") for e in steady) * per_minute, 1),
+                    "writes": round(
+                        sum(e["verb"] in ("create", "update", "patch", "delete") for e in steady)
+                        * per_minute,
+                        1,
+                    ),
                     "watches_opened": round(sum(e["verb"] == "watch" for e in steady) * per_minute, 1),
                 }
                 print(f"steady state {result['steady_state_per_minute']}", flush=True)
 
                 result["burst"] = burst(fleet, plane, args.events)
-                print(f"burst {({k: v for k, v in result['burst'].items() if k != 'latencies'})}", flush=True)
+                print(
+                    f"burst { ({k: v for k, v in result['burst'].items() if k != 'latencies'}) }", flush=True
+                )
             rss["first run"] = first.samples
             result["first_run_peak_rss_mb"] = round(first.peak_mb, 1)
             operator.stop()
@@ -295,11 +320,15 @@ def main() -> None:
                 writes = [e for e in operator_requests(plane.audit_log, mark)
                           if e["verb"] in ("create", "update", "patch", "delete")]  # fmt: skip
                 result["restart_writes"] = len(writes)
-                result["restart_write_kinds"] = sorted({(e.get("objectRef") or {}).get("resource", "") for e in writes})
+                result["restart_write_kinds"] = sorted(
+                    {(e.get("objectRef") or {}).get("resource", "") for e in writes}
+                )
             rss["restart"] = restart.samples
             result["restart_peak_rss_mb"] = round(restart.peak_mb, 1)
             second.stop()
-            print(f"restart {result['restart_to_converged_s']} s, {result['restart_writes']} writes", flush=True)
+            print(
+                f"restart {result['restart_to_converged_s']} s, {result['restart_writes']} writes", flush=True
+            )
         finally:
             plane.stop()
 
@@ -321,13 +350,18 @@ def plot(result: dict[str, Any], rss: dict[str, list[tuple[float, float]]], path
             t0 = samples[0][0]
             memory.plot([t - t0 for t, _ in samples], [mb for _, mb in samples], label=label)
     memory.axhline(300, color="grey", linestyle="--", label="goal 300 MB")
-    memory.set(title=f"operator RSS, {result['deployments']} Deployments", xlabel="seconds since start", ylabel="MB")
+    memory.set(
+        title=f"operator RSS, {result['deployments']} Deployments", xlabel="seconds since start", ylabel="MB"
+    )
     memory.legend()
     latencies = result["burst"]["latencies"]
     latency.plot(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))])
     latency.axvline(2.0, color="grey", linestyle="--", label="goal p99 2 s")
-    latency.set(title=f"{result['burst']['events']} scale events: event to the operator's first write",
-                xlabel="seconds", ylabel="fraction of events")
+    latency.set(
+        title=f"{result['burst']['events']} scale events: event to the operator's first write",
+        xlabel="seconds",
+        ylabel="fraction of events",
+    )
     latency.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)

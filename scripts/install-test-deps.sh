@@ -83,15 +83,18 @@ install_system_packages() {
 
 install_python_packages() {
   local stamp
-  stamp="$(sha256sum pyproject.toml | cut -d' ' -f1) $PWD"
+  stamp="$(cat pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1) $PWD"
   # Editable installs point at one checkout: a stamp from another path (or an older pyproject) means reinstall.
+  # The app-side helper (client/, its own distribution) is installed beside the operator for its tests.
   if [ -f "$PIP_STAMP" ] && [ "$(cat "$PIP_STAMP")" = "$stamp" ] &&
-    "$PYTHON" -c "import poolbudget, sys; sys.exit(not poolbudget.__file__.startswith('$PWD/'))" 2>/dev/null; then
-    say "poolbudget[dev] is installed from this checkout (pyproject.toml unchanged)"
+    "$PYTHON" -c "import poolbudget, poolbudget_client, sys
+sys.exit(not all(m.__file__.startswith('$PWD/') for m in (poolbudget, poolbudget_client)))" 2>/dev/null; then
+    say "poolbudget[dev] and poolbudget-client are installed from this checkout (pyprojects unchanged)"
     return
   fi
-  say "$PYTHON -m pip install -e '.[dev]'"
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+  say "$PYTHON -m pip install -e '.[dev]' -e './client[psycopg,sqlalchemy]'"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    -e '.[dev]' -e './client[psycopg,sqlalchemy]'
   mkdir -p "$(dirname "$PIP_STAMP")"
   printf '%s' "$stamp" >"$PIP_STAMP"
 }
