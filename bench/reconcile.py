@@ -74,6 +74,20 @@ def quiet(cluster: Any, seconds: float) -> bool:
     return not history or time.time() - history[-1].timestamp >= seconds
 
 
+def fleet_names(deployments: int) -> list[tuple[str, str]]:
+    """The (namespace, name) of each Deployment of the fleet, in creation order."""
+    return [(f"team-{i % NAMESPACES:02d}", f"app-{i:03d}") for i in range(deployments)]
+
+
+def fleet_manifests(deployments: int) -> list[dict[str, Any]]:
+    """The bench's PoolBudget and its Deployments (1 to 3 replicas), as created in the emulator."""
+    # Sized so that the budget binds: everyone shares, nobody sits at its max.
+    manifests = [budget_manifest(max_connections=8 * 3 * deployments, reserved=10)]
+    for i, (namespace, name) in enumerate(fleet_names(deployments)):
+        manifests.append(deployment_manifest(name, namespace, replicas=1 + i % 3))
+    return manifests
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deployments", type=int, default=200)
@@ -88,11 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for index in range(NAMESPACES):
             cluster.create_namespace(f"team-{index:02d}")
-        names = [(f"team-{i % NAMESPACES:02d}", f"app-{i:03d}") for i in range(args.deployments)]
-        # Sized so that the budget binds: everyone shares, nobody sits at its max.
-        cluster.create(budget_manifest(max_connections=8 * 3 * args.deployments, reserved=10))
-        for i, (namespace, name) in enumerate(names):
-            cluster.create(deployment_manifest(name, namespace, replicas=1 + i % 3))
+        names = fleet_names(args.deployments)
+        for manifest in fleet_manifests(args.deployments):
+            cluster.create(manifest)
         started = time.monotonic()
         operator.start()
         wait_until(
