@@ -14,7 +14,7 @@ Between events the bench waits until the operator has planned the new replica co
 and the rollouts it started have finished, so events do not overlap. Defaults of the budget are kept: debounce
 1 s, min interval 300 s (so growth is held back and every change here is a shrink, written at once).
 
-Run: ``python bench/reconcile.py`` (``--deployments``, ``--events``, ``--json PATH``). It takes a few minutes.
+Run: ``python -m bench.reconcile`` (from the repository root) (``--deployments``, ``--events``, ``--json PATH``). It takes a few minutes.
 """
 
 from __future__ import annotations
@@ -32,10 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.operator_harness import (  # noqa: E402  # the repository root goes on sys.path first
+from tests.operator_harness import (
     OPERATOR_ACTOR,
     OperatorProcess,
     budget_manifest,

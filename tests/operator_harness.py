@@ -21,11 +21,12 @@ import pytest
 import yaml
 
 from poolbudget import __version__
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import Deployment, HorizontalPodAutoscaler, budget_of
-from poolbudget.observe import template_per_pod
+from poolbudget.observe.footprint import template_per_pod
 from poolbudget.planning.budget import manage
-from poolbudget.planning.limits import DatabaseLimits, compute_available
+from poolbudget.planning.limits import compute_available
 from tests.emulator import KubernetesEmulator, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from bench.planner import BUDGET_DOC, make_fleet
 from bench.reconcile import fleet_manifests, fleet_names
-
-from poolbudget import reconcile
 from poolbudget.api.models import PoolBudget
 from poolbudget.cli import main as poolbudget_main
-from poolbudget.context import Context, View
-from poolbudget.metrics import OperatorMetrics
+from poolbudget.controller import reconcile
+from poolbudget.controller.state import Context, View
 from poolbudget.planning.budget import plan_for_budget
 from poolbudget.planning.plan import BudgetPlan, plan_budget
+from poolbudget.runtime.metrics import OperatorMetrics
 from tests.test_operator_reconcile import Events, FakeCluster, stored
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from poolbudget import handlers
 from poolbudget.adapters import kubernetes as adapter
+from poolbudget.runtime import handlers
 from tests.chart import find, objects
 from tests.helm import REPO, Helm, helm_fixture  # noqa: F401
 

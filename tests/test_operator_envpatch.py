@@ -10,12 +10,8 @@ import copy
 import json
 from typing import Any
 
+from poolbudget.api.annotations import MANAGED_BY, ORIGINAL_ENV, ROLLED_AT, STAMP_BUDGET, STAMP_CONNECTIONS
 from poolbudget.delivery.envpatch import (
-    MANAGED_BY,
-    ORIGINAL_ENV,
-    ROLLED_AT,
-    STAMP_BUDGET,
-    STAMP_CONNECTIONS,
     apply_patch,
     managed_by,
     read_record,

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from poolbudget.api.annotations import ROLLED_AT, STAMP_CONNECTIONS
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import Deployment
-from poolbudget.delivery.envpatch import ROLLED_AT, STAMP_CONNECTIONS
-from poolbudget.observe import (
-    PodFacts,
-    deployment_of,
+from poolbudget.observe.footprint import (
     observed_footprint,
-    parse_time,
-    pod_facts,
     rollout_settled,
     seconds_since_roll,
     template_per_pod,
 )
+from poolbudget.observe.objects import parse_time
+from poolbudget.observe.pods import PodFacts, deployment_of, pod_facts
 from poolbudget.planning.budget import manage
 
 BUDGET = PoolBudget.model_validate(
