@@ -344,6 +344,24 @@ def budgeted_footprint(state: Mapping[Any, Mapping[str, Any]], budget_name: str)
     return total, available
 
 
+def answered_spec_change(emulator: KubernetesEmulator, name: str = "main", timeout: float = 15.0) -> int:
+    """A definite point in the operator's work: change the budget's spec in a way that changes no plan
+    (``database.refreshSeconds`` one more), and wait until a round has answered it (the status says it observed
+    the new generation). That round came after every event before the change; returns the generation."""
+    budget = emulator.get("poolbudget.io/v1alpha1", "poolbudgets", name) or {}
+    refresh = int(((budget.get("spec") or {}).get("database") or {}).get("refreshSeconds", 60))
+    changed = emulator.patch(
+        "poolbudget.io/v1alpha1", "poolbudgets", name, {"spec": {"database": {"refreshSeconds": refresh + 1}}}
+    )
+    generation = int(changed["metadata"]["generation"])
+    wait_until(
+        lambda: budget_status(emulator, name).get("observedGeneration") == generation,
+        timeout=timeout,
+        message=f"a round of {name} answering generation {generation}",
+    )
+    return generation
+
+
 def wait_for_rounds(operator: OperatorProcess, budget: str, at_least: int, timeout: float = 15.0) -> int:
     return int(
         wait_until(
