@@ -26,8 +26,8 @@ from poolbudget.controller.state import (
     latest,
     sooner,
 )
-from poolbudget.delivery.envpatch import managed_by, restore_patch
-from poolbudget.observe.objects import key_of, mapping, version_of
+from poolbudget.delivery.envpatch import restore_patch
+from poolbudget.observe.objects import key_of, managed_by, mapping, version_of
 from poolbudget.planning.plan import Allocation
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from poolbudget.controller.status import (
     stored_status,
 )
 from poolbudget.delivery.env import desired_env
-from poolbudget.delivery.envpatch import apply_patch, managed_by, with_application_name
+from poolbudget.delivery.envpatch import apply_patch, with_application_name
 from poolbudget.observe.footprint import (
     observed_footprint,
     rollout_settled,
@@ -44,7 +44,15 @@ from poolbudget.observe.footprint import (
     target_per_pod,
     template_per_pod,
 )
-from poolbudget.observe.objects import annotations_of, format_time, key_of, metadata_of, uid_of, version_of
+from poolbudget.observe.objects import (
+    annotations_of,
+    format_time,
+    key_of,
+    managed_by,
+    metadata_of,
+    uid_of,
+    version_of,
+)
 from poolbudget.observe.refused import refused_footprint, replicas_from_hpa, still_counted
 from poolbudget.planning.budget import BudgetOutcome, Refusal, plan_for_budget
 from poolbudget.planning.transitions import Hysteresis, Steps, Transition, Wait, order_changes

@@ -21,6 +21,7 @@ from poolbudget.api.conditions import (
 )
 from poolbudget.api.models import Condition, DeploymentAllocation, PoolBudgetStatus
 from poolbudget.api.objects import Key
+from poolbudget.observe.objects import status_of
 from poolbudget.planning.plan import BudgetPlan
 from poolbudget.planning.transitions import Wait
 
@@ -71,11 +72,8 @@ def condition_of(conditions: Iterable[Condition], kind: ConditionType) -> Condit
 
 def stored_status(body: Mapping[str, Any]) -> PoolBudgetStatus:
     """The status as stored on the object; empty when there is none or it does not parse."""
-    raw = body.get("status")
-    if not isinstance(raw, Mapping):
-        return PoolBudgetStatus()
     try:
-        return PoolBudgetStatus.model_validate(dict(raw))
+        return PoolBudgetStatus.model_validate(dict(status_of(body)))
     except ValueError:
         return PoolBudgetStatus()
 

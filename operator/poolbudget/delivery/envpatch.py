@@ -111,11 +111,6 @@ def _ours(entry: Patch | None, owned: OwnedEntry) -> bool:
     return entry is not None and "valueFrom" not in entry and entry.get("value", "") == owned.written
 
 
-def managed_by(deployment: Obj) -> str | None:
-    """The budget whose settings the Deployment carries, or None."""
-    return annotations_of(deployment).get(MANAGED_BY) or None
-
-
 def with_application_name(
     desired: Mapping[str, Mapping[str, str]], deployment: Obj, application_name: str
 ) -> dict[str, dict[str, str]]:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from poolbudget.api import workloads
+from poolbudget.api.annotations import MANAGED_BY
 from poolbudget.api.objects import Key, Obj
 
 
@@ -108,3 +109,23 @@ def parse_time(text: str) -> datetime | None:
 def format_time(moment: datetime) -> str:
     """RFC 3339 with second precision, in UTC, as Kubernetes writes timestamps."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def managed_by(deployment: Obj) -> str | None:
+    """The budget whose settings the Deployment carries, or None."""
+    return annotations_of(deployment).get(MANAGED_BY) or None
+
+
+def budgets_of(deployment: Obj) -> frozenset[str]:
+    """The budgets a Deployment concerns: the one it opted into, and the one whose settings it still carries."""
+    return frozenset(
+        n for n in (workloads.budget_of(annotations_of(deployment)), managed_by(deployment)) if n
+    )
+
+
+def hpa_target(hpa: Obj) -> Key | None:
+    """The Deployment an HorizontalPodAutoscaler scales, as (namespace, name); None when it scales something else."""
+    ref = mapping(spec_of(hpa).get("scaleTargetRef"))
+    if ref.get("kind") != "Deployment" or not ref.get("name"):
+        return None
+    return str(metadata_of(hpa).get("namespace") or ""), str(ref["name"])

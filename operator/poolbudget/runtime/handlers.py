@@ -15,12 +15,11 @@ from typing import Any
 import kopf
 
 from poolbudget.adapters.errors import KubernetesError
-from poolbudget.api.annotations import FINALIZER, MANAGED_BY
+from poolbudget.api.annotations import FINALIZER
 from poolbudget.api.models import GROUP, PLURAL, VERSION
-from poolbudget.api.workloads import budget_of
 from poolbudget.controller.apply import release_budget, release_orphan
 from poolbudget.controller.state import View
-from poolbudget.observe.objects import metadata_of
+from poolbudget.observe.objects import budgets_of, hpa_target, key_of, metadata_of
 from poolbudget.observe.pods import PodFacts, pod_facts
 from poolbudget.runtime.loop import run_budget_loop
 from poolbudget.runtime.memo import Runtime
@@ -115,29 +114,25 @@ async def close(memo: Any, **_: Any) -> None:
 @kopf.index("apps", "v1", "deployments", registry=registry)
 def budget_deployments(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """Deployments by the budget they opted into, and by the budget whose settings they still carry."""
-    annotations = body.metadata.annotations
-    names = {budget_of(dict(annotations)), annotations.get(MANAGED_BY)} - {None}
+    names = budgets_of(body)
     if not names:
         return {}
     snapshot = _plain(body)
-    return {str(name): snapshot for name in names}
+    return {name: snapshot for name in names}
 
 
 @kopf.index("apps", "v1", "deployments", registry=registry)
-def deployment_budgets(body: kopf.Body, name: str, **_: Any) -> dict[tuple[str, str], frozenset[str]]:
+def deployment_budgets(body: kopf.Body, **_: Any) -> dict[tuple[str, str], frozenset[str]]:
     """For pods and HPAs: which budgets care about a Deployment."""
-    annotations = body.metadata.annotations
-    names = frozenset(n for n in (budget_of(dict(annotations)), annotations.get(MANAGED_BY)) if n)
-    return {(body.metadata.namespace or "", name): names} if names else {}
+    names = budgets_of(body)
+    return {key_of(body): names} if names else {}
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", registry=registry)
-def hpas_by_target(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+def hpas_by_target(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """HPAs by the Deployment they scale."""
-    ref = spec.get("scaleTargetRef") or {}
-    if ref.get("kind") != "Deployment" or not ref.get("name"):
-        return {}
-    return {(body.metadata.namespace or "", str(ref["name"])): _plain(body)}
+    target = hpa_target(body)
+    return {target: _plain(body)} if target is not None else {}
 
 
 @kopf.index("v1", "pods", registry=registry)
@@ -195,7 +190,6 @@ def pod_changed(
 def hpa_changed(
     type: str,
     body: kopf.Body,
-    spec: kopf.Spec,
     memo: Any,
     deployment_budgets: kopf.Index[tuple[str, str], frozenset[str]],
     **_: Any,
@@ -204,8 +198,8 @@ def hpa_changed(
     runtime = _runtime(memo)
     if not runtime.watch.hpa_event(type, body):
         return
-    key = (body.metadata.namespace or "", str((spec.get("scaleTargetRef") or {}).get("name", "")))
-    if key in deployment_budgets:
+    key = hpa_target(body)
+    if key is not None and key in deployment_budgets:
         for names in deployment_budgets[key]:
             runtime.context.wake(names)
 

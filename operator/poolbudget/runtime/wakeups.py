@@ -14,8 +14,7 @@ from poolbudget.api.annotations import ANNOTATION_PREFIX
 from poolbudget.api.objects import Key, Obj
 from poolbudget.api.workloads import budget_of
 from poolbudget.controller.state import Context
-from poolbudget.delivery.envpatch import managed_by
-from poolbudget.observe.objects import annotations_of, metadata_of, status_of
+from poolbudget.observe.objects import annotations_of, budgets_of, managed_by, metadata_of, status_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +52,7 @@ class WatchMemory:
         something that matters changed; warn once when it names a budget that does not exist; release it when the
         budget whose settings it carries is gone (``budgets``: the names of those that exist)."""
         wanted, owner = budget_of(annotations_of(deployment)), managed_by(deployment)
-        now = {n for n in (wanted, owner) if n}
+        now = set(budgets_of(deployment))
         concerned = now | self.last_budgets.pop(key, set())
         if now and event_type != "DELETED":
             self.last_budgets[key] = now
