@@ -15,7 +15,7 @@ busy offers about 10 connections' worth of load per process, quiet about 1.
 For each phase and service: p50/p99 of the wait for a pooled connection (a request that times out counts with
 the time it waited), pool timeouts, requests served, and the most client backends PostgreSQL saw at once.
 
-Run: ``python bench/demand.py`` (``--seconds``, ``--busy-rate``, ``--quiet-rate``, ``--service-ms``, ``--json PATH``).
+Run: ``python -m bench.demand`` (from the repository root) (``--seconds``, ``--busy-rate``, ``--quiet-rate``, ``--service-ms``, ``--json PATH``).
 Loopback only; every loop is bounded by the phase's duration; about a minute in all.
 """
 
@@ -26,28 +26,26 @@ import asyncio
 import json
 import platform
 import random
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import psycopg
+import sqlalchemy.exc
+from sqlalchemy import Engine, create_engine, text
 
-import psycopg  # noqa: E402  # the repository root goes on sys.path first
-import sqlalchemy.exc  # noqa: E402
-from sqlalchemy import Engine, create_engine, text  # noqa: E402
-from tests.pg import PostgresServer  # noqa: E402
-from tests.prometheus import PodExporter, start_pods, start_prometheus, stop_pods  # noqa: E402
-
-from poolbudget.api.models import PoolBudget  # noqa: E402
-from poolbudget.api.workloads import Deployment  # noqa: E402
-from poolbudget.demand import DemandReading, DemandState, measure_demand  # noqa: E402
-from poolbudget.planning.budget import Key, plan_for_budget  # noqa: E402
-from poolbudget.planning.limits import DatabaseLimits  # noqa: E402
-from poolbudget.planning.plan import Allocation, BudgetPlan  # noqa: E402
+from poolbudget.api.limits import DatabaseLimits
+from poolbudget.api.models import PoolBudget
+from poolbudget.api.objects import Key
+from poolbudget.api.workloads import Deployment
+from poolbudget.controller.demand import DemandReading, measure_demand
+from poolbudget.planning.budget import plan_for_budget
+from poolbudget.planning.demand import DemandState
+from poolbudget.planning.plan import Allocation, BudgetPlan
+from tests.pg import PostgresServer
+from tests.prometheus import PodExporter, start_pods, start_prometheus, stop_pods
 
 MAX_CONNECTIONS = 40
 PODS = 2

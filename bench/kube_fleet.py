@@ -29,6 +29,7 @@ from typing import Any
 
 import kubernetes
 import yaml
+
 from tests.helm import CHART, Helm, find_helm
 from tests.kube.controlplane import ControlPlane
 from tests.kube.fixtures import KubeCluster, install_crds

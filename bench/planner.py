@@ -13,7 +13,7 @@ min/max, and measured demand for some. The database is sized so the budget binds
 Times are the median of several repetitions (``time.perf_counter``); peak memory is measured in a separate run
 under ``tracemalloc`` (which slows the code it traces, so it never shares a run with the timing).
 
-Run: ``python bench/planner.py`` (add ``--check`` to fail when 10,000 Deployments take 100 ms or more in
+Run: ``python -m bench.planner`` (from the repository root) (add ``--check`` to fail when 10,000 Deployments take 100 ms or more in
 ``plan_budget``, ``--profile`` for a cProfile of the largest case, ``--json PATH`` to keep the numbers).
 """
 
@@ -37,10 +37,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import Deployment, HorizontalPodAutoscaler
 from poolbudget.planning.budget import plan_for_budget
-from poolbudget.planning.limits import Availability, DatabaseLimits, compute_available
+from poolbudget.planning.limits import Availability, compute_available
 from poolbudget.planning.plan import BudgetPlan, Workload, plan_budget
 from poolbudget.planning.sizing import peak_pods
 

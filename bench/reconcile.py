@@ -14,7 +14,7 @@ Between events the bench waits until the operator has planned the new replica co
 and the rollouts it started have finished, so events do not overlap. Defaults of the budget are kept: debounce
 1 s, min interval 300 s (so growth is held back and every change here is a shrink, written at once).
 
-Run: ``python bench/reconcile.py`` (``--deployments``, ``--events``, ``--json PATH``). It takes a few minutes.
+Run: ``python -m bench.reconcile`` (from the repository root) (``--deployments``, ``--events``, ``--json PATH``). It takes a few minutes.
 """
 
 from __future__ import annotations
@@ -32,10 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.operator_harness import (  # noqa: E402  # the repository root goes on sys.path first
+from tests.operator_harness import (
     OPERATOR_ACTOR,
     OperatorProcess,
     budget_manifest,
@@ -74,6 +71,20 @@ def quiet(cluster: Any, seconds: float) -> bool:
     return not history or time.time() - history[-1].timestamp >= seconds
 
 
+def fleet_names(deployments: int) -> list[tuple[str, str]]:
+    """The (namespace, name) of each Deployment of the fleet, in creation order."""
+    return [(f"team-{i % NAMESPACES:02d}", f"app-{i:03d}") for i in range(deployments)]
+
+
+def fleet_manifests(deployments: int) -> list[dict[str, Any]]:
+    """The bench's PoolBudget and its Deployments (1 to 3 replicas), as created in the emulator."""
+    # Sized so that the budget binds: everyone shares, nobody sits at its max.
+    manifests = [budget_manifest(max_connections=8 * 3 * deployments, reserved=10)]
+    for i, (namespace, name) in enumerate(fleet_names(deployments)):
+        manifests.append(deployment_manifest(name, namespace, replicas=1 + i % 3))
+    return manifests
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deployments", type=int, default=200)
@@ -88,11 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for index in range(NAMESPACES):
             cluster.create_namespace(f"team-{index:02d}")
-        names = [(f"team-{i % NAMESPACES:02d}", f"app-{i:03d}") for i in range(args.deployments)]
-        # Sized so that the budget binds: everyone shares, nobody sits at its max.
-        cluster.create(budget_manifest(max_connections=8 * 3 * args.deployments, reserved=10))
-        for i, (namespace, name) in enumerate(names):
-            cluster.create(deployment_manifest(name, namespace, replicas=1 + i % 3))
+        names = fleet_names(args.deployments)
+        for manifest in fleet_manifests(args.deployments):
+            cluster.create(manifest)
         started = time.monotonic()
         operator.start()
         wait_until(

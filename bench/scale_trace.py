@@ -21,7 +21,7 @@ timeouts, peak connections (PostgreSQL's count of the apps' backends, sampled, a
 open connections), utilization at steady state (connections held over ``available`` in the last seconds), pod
 restarts the operator's rollouts caused. One plot per strategy in ``bench/results/``.
 
-Run: ``python bench/scale_trace.py`` (about five minutes; ``--strategies``, ``--json PATH``, ``--no-check``).
+Run: ``python -m bench.scale_trace`` (from the repository root) (about five minutes; ``--strategies``, ``--json PATH``, ``--no-check``).
 It exits 1 when poolbudget has a refusal, passes ``available`` or uses less than 90% of it at steady state, or
 when a static strategy has no refusals.
 """
@@ -50,11 +50,12 @@ import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import URL
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.apps import APPS, PoolShape  # noqa: E402
-from tests.operator_harness import (  # noqa: E402  # the repository root goes on sys.path first
+from poolbudget.api.limits import DatabaseLimits
+from poolbudget.planning.limits import compute_available
+from poolbudget.planning.sizing import processes_from_env
+from poolbudget.profiles import PoolSettings, resolve_profile
+from tests.apps import APPS, PoolShape
+from tests.operator_harness import (
     OPERATOR_ACTOR,
     KubernetesEmulator,
     OperatorProcess,
@@ -65,12 +66,9 @@ from tests.operator_harness import (  # noqa: E402  # the repository root goes o
     start_cluster,
     wait_until,
 )
-from tests.pg import PostgresServer  # noqa: E402
+from tests.pg import PostgresServer
 
-from poolbudget.planning.limits import DatabaseLimits, compute_available  # noqa: E402
-from poolbudget.planning.sizing import processes_from_env  # noqa: E402
-from poolbudget.profiles import PoolSettings, resolve_profile  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
 MAX_CONNECTIONS = 100
 RESERVED = 2  # this bench's own sampling connection and the operator's reads: kept out of the apps' budget
 AVAILABLE = compute_available(DatabaseLimits(MAX_CONNECTIONS), RESERVED).available  # 100 - 3 - 2 = 95

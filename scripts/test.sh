@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (PostgreSQL, Prometheus, helm,
-# Python deps), then runs the linter, the type checker and pytest. The real servers are started by the tests.
+# Python deps), then runs the linter, the type checker, the import contracts and pytest. The real servers are
+# started by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,9 @@ export PATH="$PWD/.tools/bin:$PATH"
 echo "== ruff"
 ruff check .
 ruff format --check .
-echo "== mypy"
+echo "== mypy (strict, the whole package)"
 mypy
+echo "== lint-imports (layers import only downwards; no cycles)"
+PYTHONPATH=operator lint-imports
 echo "== pytest"
 python -m pytest "$@"

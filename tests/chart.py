@@ -57,7 +57,7 @@ def exported_series() -> set[str]:
     """Every series name the operator's metrics produce (counters as `_total`, histograms' parts)."""
     from prometheus_client import CollectorRegistry
 
-    from poolbudget.metrics import OperatorMetrics
+    from poolbudget.runtime.metrics import OperatorMetrics
 
     names: set[str] = set()
     for family in OperatorMetrics(CollectorRegistry()).registry.collect():

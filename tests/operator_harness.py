@@ -21,11 +21,12 @@ import pytest
 import yaml
 
 from poolbudget import __version__
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import Deployment, HorizontalPodAutoscaler, budget_of
-from poolbudget.observe import template_per_pod
+from poolbudget.observe.footprint import template_per_pod
 from poolbudget.planning.budget import manage
-from poolbudget.planning.limits import DatabaseLimits, compute_available
+from poolbudget.planning.limits import compute_available
 from tests.emulator import KubernetesEmulator, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,6 +345,24 @@ def budgeted_footprint(state: Mapping[Any, Mapping[str, Any]], budget_name: str)
         managed = manage(budget, Deployment.model_validate(dict(obj)), hpas)
         total += managed.workload.pods * template_per_pod(managed, obj)
     return total, available
+
+
+def answered_spec_change(emulator: KubernetesEmulator, name: str = "main", timeout: float = 15.0) -> int:
+    """A definite point in the operator's work: change the budget's spec in a way that changes no plan
+    (``database.refreshSeconds`` one more), and wait until a round has answered it (the status says it observed
+    the new generation). That round came after every event before the change; returns the generation."""
+    budget = emulator.get("poolbudget.io/v1alpha1", "poolbudgets", name) or {}
+    refresh = int(((budget.get("spec") or {}).get("database") or {}).get("refreshSeconds", 60))
+    changed = emulator.patch(
+        "poolbudget.io/v1alpha1", "poolbudgets", name, {"spec": {"database": {"refreshSeconds": refresh + 1}}}
+    )
+    generation = int(changed["metadata"]["generation"])
+    wait_until(
+        lambda: budget_status(emulator, name).get("observedGeneration") == generation,
+        timeout=timeout,
+        message=f"a round of {name} answering generation {generation}",
+    )
+    return generation
 
 
 def wait_for_rounds(operator: OperatorProcess, budget: str, at_least: int, timeout: float = 15.0) -> int:

@@ -35,11 +35,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import Deployment as DeploymentModel
 from poolbudget.api.workloads import HorizontalPodAutoscaler
 from poolbudget.planning.budget import BudgetOutcome, plan_for_budget
-from poolbudget.planning.limits import DatabaseLimits
 from poolbudget.planning.transitions import Hysteresis, Steps, Transition, Wait, order_changes
 
 Key = tuple[str, str]

@@ -67,13 +67,32 @@ def _openapi_to_jsonschema(node: Any) -> Any:
     return out
 
 
-@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")))
-def test_examples_validate_against_the_crd_and_the_models(example: Path) -> None:
+def _example_budgets() -> list[tuple[str, dict[str, Any]]]:
+    """Every PoolBudget in the examples users copy (examples/ and docs/examples/), by file and name."""
+    found = []
+    for path in sorted([*(ROOT / "examples").glob("*.yaml"), *(ROOT / "docs" / "examples").rglob("*.yaml")]):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "PoolBudget":
+                found.append((f"{path.relative_to(ROOT)}:{doc['metadata']['name']}", doc))
+    return found
+
+
+EXAMPLE_BUDGETS = _example_budgets()
+
+
+def test_the_examples_hold_budgets_to_check() -> None:
+    files = {where.split(":")[0] for where, _ in EXAMPLE_BUDGETS}
+    assert {"examples/budget.yaml", "docs/examples/quickstart/budget.yaml"} <= files
+
+
+@pytest.mark.parametrize(
+    "doc", [doc for _, doc in EXAMPLE_BUDGETS], ids=[where for where, _ in EXAMPLE_BUDGETS]
+)
+def test_example_budgets_validate_against_the_crd_and_the_models(doc: dict[str, Any]) -> None:
     schema = _openapi_to_jsonschema(crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    for doc in yaml.safe_load_all(example.read_text()):
-        if doc and doc.get("kind") == "PoolBudget":
-            jsonschema.Draft4Validator(schema).validate(doc)
-            PoolBudget.model_validate(doc)
+    errors = [e.message for e in jsonschema.Draft4Validator(schema).iter_errors(doc)]
+    assert errors == []
+    assert PoolBudget.model_validate(doc).name == doc["metadata"]["name"]
 
 
 def test_crd_rejects_what_the_models_reject() -> None:

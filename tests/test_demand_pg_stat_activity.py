@@ -14,11 +14,13 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
+from poolbudget.api.objects import Key
 from poolbudget.api.workloads import Deployment
-from poolbudget.demand import DemandState, measure_demand
-from poolbudget.planning.budget import Key, plan_for_budget
-from poolbudget.planning.limits import DatabaseLimits
+from poolbudget.controller.demand import measure_demand
+from poolbudget.planning.budget import plan_for_budget
+from poolbudget.planning.demand import DemandState
 from tests.pg import PostgresServer
 
 pytestmark = pytest.mark.postgres

@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
+from poolbudget.api.objects import Key
 from poolbudget.api.workloads import Deployment
-from poolbudget.demand import DemandReading, DemandState, measure_demand
-from poolbudget.planning.budget import BudgetOutcome, Key, plan_for_budget
-from poolbudget.planning.limits import DatabaseLimits
+from poolbudget.controller.demand import DemandReading, measure_demand
+from poolbudget.planning.budget import BudgetOutcome, plan_for_budget
+from poolbudget.planning.demand import DemandState
 from tests.prometheus import PodExporter, PrometheusServer, start_pods, start_prometheus, stop_pods
 
 pytestmark = pytest.mark.prometheus

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from poolbudget import handlers
 from poolbudget.adapters import kubernetes as adapter
 from poolbudget.cli import build_parser
+from poolbudget.runtime import handlers
 from tests.chart import KUBERNETES_VERSIONS, Grant, find, granted, objects, validate_strict
 from tests.helm import REPO, Helm, helm_fixture  # noqa: F401
 

@@ -4,15 +4,16 @@ the database going away, and the operator restarting."""
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.emulator.store import WriteRecord
 from tests.operator_harness import (
     FAST,
     KubernetesEmulator,
     OperatorProcess,
+    answered_spec_change,
     apply,
     budget_manifest,
     budget_status,
@@ -20,6 +21,7 @@ from tests.operator_harness import (
     container_env,
     deployment_manifest,
     events,
+    events_about,
     running,
     settled,
     stamp_changes,
@@ -111,14 +113,32 @@ def test_a_restarted_operator_converges_without_a_single_write(
             lambda: settled(cluster, "a", "b", "c") and condition(cluster, "Ready").get("status") == "True",
             timeout=20,
         )
-        time.sleep(0.5)  # the last round's status write lands
+        answered_spec_change(
+            cluster
+        )  # the first operator has written all it would: it answered a later change
     mark = cluster.mark()
     with running(OperatorProcess(cluster, tmp_path, name="second")) as second:
         wait_for_rounds(second, "main", 1)
-        time.sleep(1.0)  # wake-ups from the initial listing: another debounce window and round
+        # A later event the second operator must answer: a Deployment opting in with an unknown profile. Its
+        # Refused warning comes from a round that saw everything before it, the initial listing's wake-ups included.
+        apply(cluster, deployment_manifest("probe", annotations={"poolbudget.io/profile": "cobol"}))
+        wait_until(
+            lambda: any(e.get("reason") == "Refused" for e in events_about(cluster, "Deployment", "probe")),
+            timeout=15,
+            message="the probe refused",
+        )
     written = [
         (r.actor, r.verb, r.plural, r.name)
         for r in cluster.writes(since=mark, changed_only=True)
-        if not r.actor.startswith("pod-simulator")
+        if not r.actor.startswith(("pod-simulator", "kubectl", "test")) and not _about_probe(r)
     ]
     assert written == []
+
+
+def _about_probe(record: WriteRecord) -> bool:
+    """The Refused warnings (on the probe and on the budget) are the answer the test waits for, not news."""
+    if record.plural != "events":
+        return False
+    event = record.object
+    about = (event.get("involvedObject") or {}).get("name")
+    return about == "probe" or "default/probe" in str(event.get("message", ""))

@@ -10,18 +10,14 @@ import copy
 import json
 from typing import Any
 
+from poolbudget.api.annotations import MANAGED_BY, ORIGINAL_ENV, ROLLED_AT, STAMP_BUDGET, STAMP_CONNECTIONS
 from poolbudget.delivery.envpatch import (
-    MANAGED_BY,
-    ORIGINAL_ENV,
-    ROLLED_AT,
-    STAMP_BUDGET,
-    STAMP_CONNECTIONS,
     apply_patch,
-    managed_by,
     read_record,
     restore_patch,
     with_application_name,
 )
+from poolbudget.observe.objects import managed_by
 from tests.emulator.patching import strategic_merge_patch
 
 NOW = "2026-01-01T00:00:00Z"

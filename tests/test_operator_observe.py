@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from poolbudget.api.annotations import MANAGED_BY, ROLLED_AT, STAMP_CONNECTIONS
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import Deployment
-from poolbudget.delivery.envpatch import ROLLED_AT, STAMP_CONNECTIONS
-from poolbudget.observe import (
-    PodFacts,
-    deployment_of,
+from poolbudget.observe.footprint import (
     observed_footprint,
-    parse_time,
-    pod_facts,
     rollout_settled,
     seconds_since_roll,
     template_per_pod,
 )
+from poolbudget.observe.objects import budgets_of, hpa_target, parse_time
+from poolbudget.observe.pods import PodFacts, deployment_of, pod_facts
 from poolbudget.planning.budget import manage
 
 BUDGET = PoolBudget.model_validate(
@@ -130,3 +128,21 @@ def test_seconds_since_poolbudget_last_rolled_it() -> None:
     rolled = deployment_body({}, annotations={ROLLED_AT: "2026-01-01T00:05:00Z"})
     assert seconds_since_roll(rolled, now) == 300
     assert seconds_since_roll(deployment_body({}), now) is None
+
+
+def test_an_hpa_targets_a_deployment_by_namespace_and_name_and_nothing_else() -> None:
+    def hpa(kind: str) -> dict[str, Any]:
+        return {
+            "metadata": {"namespace": "shop", "name": "web-hpa"},
+            "spec": {"scaleTargetRef": {"kind": kind, "name": "web"}, "maxReplicas": 5},
+        }
+
+    assert hpa_target(hpa("Deployment")) == ("shop", "web")
+    assert hpa_target(hpa("StatefulSet")) is None
+    assert hpa_target({"metadata": {"namespace": "shop"}, "spec": {}}) is None
+
+
+def test_a_deployment_concerns_the_budget_it_names_and_the_one_whose_settings_it_carries() -> None:
+    moving = {"metadata": {"annotations": {"poolbudget.io/budget": "new", MANAGED_BY: "old"}}}
+    assert budgets_of(moving) == {"new", "old"}
+    assert budgets_of({"metadata": {"annotations": {"poolbudget.io/budget": " "}}}) == frozenset()

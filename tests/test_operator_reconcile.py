@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from poolbudget import reconcile
-from poolbudget.adapters.kubernetes import NotFound, SecretError
+from poolbudget.adapters.errors import NotFound, SecretError
 from poolbudget.api.models import SizingSpec
-from poolbudget.context import Context, RoundResult, View
-from poolbudget.demand import DemandReading
-from poolbudget.metrics import OperatorMetrics
-from poolbudget.observe import PodFacts
-from poolbudget.refused import refused_footprint
+from poolbudget.controller import reconcile
+from poolbudget.controller.demand import DemandReading
+from poolbudget.controller.state import Context, RoundResult, View
+from poolbudget.observe.pods import PodFacts
+from poolbudget.observe.refused import refused_footprint
+from poolbudget.runtime.metrics import OperatorMetrics
 from tests.emulator.defaults import default_deployment
 from tests.emulator.patching import strategic_merge_patch
 from tests.operator_harness import budget_manifest, deployment_manifest
@@ -233,7 +233,7 @@ def test_demand_explanations_show_in_the_allocations_and_their_ages_do_not_rewri
             "demand measured for 2 Deployments",
         )
 
-    monkeypatch.setattr("poolbudget.demand.measure_demand", measured)
+    monkeypatch.setattr("poolbudget.controller.inputs.measure_demand", measured)
     run(context, cluster)
     reasons = {x["name"]: x["reason"] for x in cluster.budget["status"]["allocations"]}
     assert reasons["a"].endswith(

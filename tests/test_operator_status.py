@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+from poolbudget.api.conditions import OVERCOMMITTED, READY
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import Condition, PoolBudgetStatus
-from poolbudget.planning.limits import DatabaseLimits, compute_available
-from poolbudget.planning.plan import BudgetPlan, Workload, plan_budget
-from poolbudget.planning.transitions import Wait
-from poolbudget.status import (
-    OVERCOMMITTED,
-    READY,
+from poolbudget.controller.status import (
     ConditionUpdate,
     build_status,
     condition_of,
@@ -18,6 +15,9 @@ from poolbudget.status import (
     status_differs,
     status_document,
 )
+from poolbudget.planning.limits import compute_available
+from poolbudget.planning.plan import BudgetPlan, Workload, plan_budget
+from poolbudget.planning.transitions import Wait
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
 

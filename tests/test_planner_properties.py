@@ -11,10 +11,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import Deployment, HorizontalPodAutoscaler
 from poolbudget.planning.budget import plan_for_budget
-from poolbudget.planning.limits import DatabaseLimits, compute_available
+from poolbudget.planning.limits import compute_available
 from poolbudget.planning.plan import Workload, plan_budget
 from tests.strategies import scenarios
 

@@ -21,7 +21,6 @@ import psycopg
 import pytest
 
 from poolbudget.adapters.postgres import (
-    OPERATOR_APPLICATION_NAME,
     BackendCount,
     DatabaseAuthFailed,
     DatabaseError,
@@ -33,7 +32,9 @@ from poolbudget.adapters.postgres import (
     redact_url,
     sanitise,
 )
-from poolbudget.planning.limits import DatabaseLimits, compute_available
+from poolbudget.api.annotations import OPERATOR_APPLICATION_NAME
+from poolbudget.api.limits import DatabaseLimits
+from poolbudget.planning.limits import compute_available
 from poolbudget.planning.unmanaged import reported_application_name, unmanaged_connections
 from tests.pg import PostgresServer, free_port
 

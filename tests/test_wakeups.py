@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Mapping
 from typing import Any
 
-from poolbudget.api.workloads import BUDGET
-from poolbudget.context import Context
-from poolbudget.delivery.envpatch import MANAGED_BY
-from poolbudget.metrics import OperatorMetrics
-from poolbudget.wakeups import WatchMemory
+import pytest
+
+from poolbudget.api.annotations import BUDGET, MANAGED_BY
+from poolbudget.controller.apply import release_budget
+from poolbudget.controller.state import Context, RoundResult, View
+from poolbudget.runtime.loop import run_budget_loop
+from poolbudget.runtime.metrics import OperatorMetrics
+from poolbudget.runtime.wakeups import WatchMemory
 
 KEY = ("shop", "web")
 
@@ -144,3 +148,49 @@ def test_a_budget_is_news_only_with_a_new_generation() -> None:
     assert not watch.budget_event("main", 1)  # a status write
     assert watch.budget_event("main", 2)
     assert watch.budget_event("other", 2)
+
+
+def test_waking_a_budget_without_a_loop_keeps_nothing_for_it() -> None:
+    """A Deployment naming a budget that does not exist (or no longer does) must not leave state behind."""
+    ctx = context()
+    ctx.wake(["gone", "never-was"])
+    assert ctx.memories == {}
+    memory = ctx.memory("main")
+    ctx.wake(["main", "gone"])
+    assert memory.wake.is_set()
+    assert set(ctx.memories) == {"main"}
+
+
+def test_a_budget_whose_loop_ended_is_forgotten() -> None:
+    ctx, released = context(), []
+
+    async def one_round(c: Context, body: Mapping[str, Any], view: View) -> RoundResult:
+        released.append(body["metadata"]["name"])
+        raise asyncio.CancelledError  # kopf cancels the daemon: the budget is gone (or the operator stops)
+
+    async def loop() -> None:
+        body = {"metadata": {"name": "main", "uid": "u1"}}
+        await run_budget_loop(ctx, "main", lambda: body, View({}, {}, {}, {}), one_round)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(loop())
+    assert released == ["main"]
+    assert ctx.memories == {}
+    ctx.wake(["main"])  # a late event about it
+    assert ctx.memories == {}
+
+
+def test_a_deleted_budget_is_forgotten_once_its_deployments_are_released() -> None:
+    ctx = context()
+    ctx.memory("main", "u1")
+    view = View({"main": []}, {}, {}, {})  # nothing left to restore
+    assert asyncio.run(release_budget(ctx, "main", "u1", view)) == 0
+    assert ctx.memories == {}
+
+
+def test_forgetting_an_old_memory_keeps_the_budget_recreated_under_the_name() -> None:
+    ctx = context()
+    old = ctx.memory("main", "u1")
+    new = ctx.memory("main", "u2")  # deleted and created again: another object, a fresh memory
+    ctx.forget("main", old)
+    assert ctx.memories == {"main": new}

@@ -13,12 +13,15 @@ from typing import Any
 import yaml
 
 from poolbudget import __version__
+from poolbudget.adapters.postgres import DatabaseError, read_limits
+from poolbudget.api.crd import crd_yaml
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.manifests import ManifestError, Manifests, load_manifests
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import budget_of
 from poolbudget.delivery.env import desired_env
 from poolbudget.planning.budget import BudgetOutcome, Refusal, plan_for_budget
-from poolbudget.planning.limits import DatabaseLimits
+from poolbudget.runtime.runner import run_operator
 
 EXIT_OK, EXIT_INVALID, EXIT_OVERCOMMITTED = 0, 2, 3
 
@@ -31,8 +34,6 @@ def _limits_for(budget: PoolBudget, args: argparse.Namespace) -> DatabaseLimits:
     if args.max_connections is not None:
         return DatabaseLimits(args.max_connections, source="flag")
     if args.database_url:
-        from poolbudget.adapters.postgres import DatabaseError, read_limits
-
         try:
             return asyncio.run(read_limits(args.database_url, role=budget.spec.database.role))
         except DatabaseError as exc:
@@ -171,8 +172,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from poolbudget.api.crd import crd_yaml
-
     text = crd_yaml()
     if args.output_file:
         Path(args.output_file).write_text(text)
@@ -182,8 +181,6 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from poolbudget.runner import run_operator
-
     return run_operator(namespaces=args.namespace, standalone=args.standalone, liveness=args.liveness)
 
 

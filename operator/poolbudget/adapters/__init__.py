@@ -1,1 +1,2 @@
-"""All I/O: PostgreSQL, Kubernetes, Prometheus. Adapters read facts and apply what they are given."""
+"""The only doors: Kubernetes, PostgreSQL, Prometheus. Adapters read facts and apply the patches they are given;
+they take and return plain or ``api`` types, raise their own errors, and know nothing of plans or profiles."""

@@ -10,7 +10,7 @@ The calls, for RBAC (the Helm chart grants exactly these, plus kopf's):
 - ``get`` ``v1`` ``secrets`` (the database URL named by ``spec.database.connectionSecretRef``);
 - ``get``, ``create`` ``kopf.dev/v1`` ``clusterkopfpeerings`` (the peering object, once at startup).
 
-What kopf itself calls for ``handlers.py`` (the chart grants these too):
+What kopf itself calls for ``runtime/handlers.py`` (the chart grants these too):
 
 - ``list``, ``watch``: ``poolbudget.io`` ``poolbudgets``; ``apps`` ``deployments``; ``v1`` ``pods``,
   ``namespaces``; ``autoscaling`` ``horizontalpodautoscalers`` (v2); ``apiextensions.k8s.io``
@@ -32,35 +32,12 @@ from typing import Any
 
 import kubernetes
 
+from poolbudget.adapters.errors import Conflict, Forbidden, KubernetesError, NotFound, SecretError
 from poolbudget.api.models import GROUP, PLURAL, VERSION
 
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
-
-
-class KubernetesError(Exception):
-    """An API call failed; ``status`` is the HTTP status (0 when there was no answer)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NotFound(KubernetesError):
-    """404: the object (or its namespace) does not exist."""
-
-
-class Conflict(KubernetesError):
-    """409: the object changed since it was read (a stale resourceVersion)."""
-
-
-class Forbidden(KubernetesError):
-    """403: RBAC does not allow the call."""
-
-
-class SecretError(KubernetesError):
-    """The Secret or its key is missing or unreadable; the message never holds the value."""
 
 
 def _error(exc: Exception, what: str) -> KubernetesError:

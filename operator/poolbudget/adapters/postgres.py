@@ -24,8 +24,8 @@ import psycopg
 import psycopg.conninfo
 import psycopg.errors
 
-from poolbudget.planning.limits import DatabaseLimits
-from poolbudget.planning.unmanaged import OPERATOR_APPLICATION_NAME
+from poolbudget.api.annotations import OPERATOR_APPLICATION_NAME
+from poolbudget.api.limits import DatabaseLimits
 
 __all__ = [
     "OPERATOR_APPLICATION_NAME",

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from poolbudget.api.conditions import ConditionStatus, ConditionType
+
 GROUP = "poolbudget.io"
 VERSION = "v1alpha1"
 KIND = "PoolBudget"
@@ -21,7 +23,28 @@ SHORT_NAMES = ("pb",)
 
 # Names the custom-profile templates may use, e.g. "{poolSize}".
 TEMPLATE_FIELDS = frozenset({"poolSize", "maxOverflow", "total", "poolTimeout", "poolRecycle"})
-BUILTIN_PROFILES = ("sqlalchemy", "langflow", "letta", "airflow", "hikari", "psycopg-pool")
+
+
+class ProfileName:
+    """The built-in profiles' names (``profiles/`` implements them)."""
+
+    SQLALCHEMY = "sqlalchemy"
+    LANGFLOW = "langflow"
+    LETTA = "letta"
+    AIRFLOW = "airflow"
+    HIKARI = "hikari"
+    PSYCOPG_POOL = "psycopg-pool"
+
+
+BUILTIN_PROFILES = (
+    ProfileName.SQLALCHEMY,
+    ProfileName.LANGFLOW,
+    ProfileName.LETTA,
+    ProfileName.AIRFLOW,
+    ProfileName.HIKARI,
+    ProfileName.PSYCOPG_POOL,
+)
+DEFAULT_PROFILE = ProfileName.SQLALCHEMY
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _DURATION = re.compile(r"^[0-9]+[smhd]$")
@@ -97,7 +120,7 @@ class LabelSelector(Model):
 
 
 class PoolDefaults(Model):
-    profile: str = Field("sqlalchemy", description="Profile of Deployments without poolbudget.io/profile.")
+    profile: str = Field(DEFAULT_PROFILE, description="Profile of Deployments without poolbudget.io/profile.")
     min_connections_per_process: int = Field(
         2, ge=1, description="Fewest connections (pool_size + max_overflow) one pool of one process gets."
     )
@@ -238,8 +261,8 @@ class PoolBudgetSpec(Model):
 
 class Condition(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
-    type: Literal["Ready", "Overcommitted", "DatabaseReachable", "MetricsAvailable", "Invalid"]
-    status: Literal["True", "False", "Unknown"]
+    type: ConditionType
+    status: ConditionStatus
     reason: str
     message: str = ""
     last_transition_time: str | None = None
@@ -267,7 +290,7 @@ class PoolBudgetStatus(Model):
     available: int | None = None
     allocated: int | None = None
     deployment_count: int | None = None
-    ready: Literal["True", "False", "Unknown"] | None = None
+    ready: ConditionStatus | None = None
     limits_source: str | None = None
     available_reason: str | None = None
     shortfall: int | None = None

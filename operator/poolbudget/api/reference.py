@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from poolbudget.api import annotations as names
 from poolbudget.api import workloads
 from poolbudget.api.models import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION, PoolBudget
 
@@ -32,34 +33,34 @@ RULES: dict[str, list[str]] = {
 
 # Annotation: (its field in workloads.OptIn, what it means).
 ANNOTATIONS: dict[str, tuple[str, str]] = {
-    workloads.BUDGET: ("budget", "Opts the Deployment in: the name of the PoolBudget it draws on."),
-    workloads.PROFILE: (
+    names.BUDGET: ("budget", "Opts the Deployment in: the name of the PoolBudget it draws on."),
+    names.PROFILE: (
         "profile",
         "The env format its app reads (`sqlalchemy`, `langflow`, `letta`, `airflow`, `hikari`, "
         "`psycopg-pool`, or a custom profile of the budget). Default: the budget's `defaults.profile`.",
     ),
-    workloads.CONTAINER: (
+    names.CONTAINER: (
         "containers",
         "Containers whose processes draw on the budget and get the env. Default: the first container.",
     ),
-    workloads.PROCESSES: (
+    names.PROCESSES: (
         "processes",
         "Processes per pod (workers) that each build a pool. Default: the app's own env "
         "(`WEB_CONCURRENCY`, `LANGFLOW_WORKERS`, `LETTA_UVICORN_WORKERS`), else 1.",
     ),
-    workloads.WEIGHT: (
+    names.WEIGHT: (
         "weight",
         "Share weight against the budget's other Deployments. Default: `defaults.weight`.",
     ),
-    workloads.MIN_CONNECTIONS: (
+    names.MIN_CONNECTIONS: (
         "min_connections",
         "Fewest connections per pool of one process. Default: `defaults.minConnectionsPerProcess`.",
     ),
-    workloads.MAX_CONNECTIONS: (
+    names.MAX_CONNECTIONS: (
         "max_connections",
         "Most connections per pool of one process. Default: `defaults.maxConnectionsPerProcess`.",
     ),
-    workloads.DEMAND_QUERY: (
+    names.DEMAND_QUERY: (
         "demand_query",
         "PromQL for this Deployment's demand in `demand` mode, overriding the profile's and "
         "`metrics.query`. See [demand](demand.md).",
@@ -239,7 +240,7 @@ def reference_markdown() -> str:
         "## Deployment annotations",
         "",
         "A Deployment opts in with annotations; the operator touches no Deployment without "
-        f"`{workloads.BUDGET}`.",
+        f"`{names.BUDGET}`.",
         "",
         "| Annotation | Value | Meaning |",
         "|---|---|---|",

@@ -5,20 +5,28 @@ Only the fields the planner needs are modelled; everything else in the object is
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-ANNOTATION_PREFIX = "poolbudget.io/"
-BUDGET = ANNOTATION_PREFIX + "budget"
-PROFILE = ANNOTATION_PREFIX + "profile"
-CONTAINER = ANNOTATION_PREFIX + "container"
-PROCESSES = ANNOTATION_PREFIX + "processes"
-WEIGHT = ANNOTATION_PREFIX + "weight"
-MIN_CONNECTIONS = ANNOTATION_PREFIX + "min-connections"
-MAX_CONNECTIONS = ANNOTATION_PREFIX + "max-connections"
-DEMAND_QUERY = ANNOTATION_PREFIX + "demand-query"
+from poolbudget.api.annotations import (
+    BUDGET,
+    CONTAINER,
+    DEMAND_QUERY,
+    MAX_CONNECTIONS,
+    MIN_CONNECTIONS,
+    PROCESSES,
+    PROFILE,
+    WEIGHT,
+)
+
+
+def literal_env(entries: Iterable[tuple[str, str | None, bool]]) -> dict[str, str]:
+    """Env entries ``(name, value, from another source)`` with literal values: an entry whose value comes from
+    ``valueFrom`` (a Secret, a ConfigMap, a field) cannot be read without the cluster, and is left out."""
+    return {name: value or "" for name, value, indirect in entries if not indirect}
 
 
 class _Loose(BaseModel):
@@ -37,7 +45,7 @@ class Container(_Loose):
 
     def literal_env(self) -> dict[str, str]:
         """Env entries with literal values (valueFrom entries cannot be read without the cluster)."""
-        return {e.name: e.value or "" for e in self.env if e.value_from is None}
+        return literal_env((e.name, e.value, e.value_from is not None) for e in self.env)
 
 
 class ObjectMeta(_Loose):
@@ -141,7 +149,7 @@ class OptIn(BaseModel):
         return raw
 
 
-_OPT_IN_FIELDS = {
+OPT_IN_FIELDS = {
     BUDGET: "budget",
     PROFILE: "profile",
     CONTAINER: "containers",
@@ -157,7 +165,7 @@ class AnnotationError(ValueError):
     """An opt-in annotation with a value poolbudget cannot use; the message names the annotation."""
 
 
-def budget_of(annotations: dict[str, str]) -> str | None:
+def budget_of(annotations: Mapping[str, str]) -> str | None:
     """The budget a Deployment opted into, or None."""
     name = annotations.get(BUDGET, "").strip()
     return name or None
@@ -165,13 +173,13 @@ def budget_of(annotations: dict[str, str]) -> str | None:
 
 def parse_opt_in(annotations: dict[str, str]) -> OptIn:
     """Parse the poolbudget.io/* annotations; AnnotationError names the first bad one."""
-    values = {field: annotations[key] for key, field in _OPT_IN_FIELDS.items() if key in annotations}
+    values = {field: annotations[key] for key, field in OPT_IN_FIELDS.items() if key in annotations}
     try:
         opt_in = OptIn.model_validate(values)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "budget"
-        annotation = next(key for key, name in _OPT_IN_FIELDS.items() if name == field)
+        annotation = next(key for key, name in OPT_IN_FIELDS.items() if name == field)
         raise AnnotationError(f"annotation {annotation}: {error['msg']}") from None
     if (
         opt_in.min_connections is not None

@@ -1,1 +1,1 @@
-"""How a plan reaches the apps. Today: env vars in the pod template (`env`)."""
+"""How an allotment reaches the app. Today: env vars in the pod template (`env`), restored exactly on release."""

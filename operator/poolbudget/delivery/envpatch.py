@@ -16,30 +16,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from poolbudget.api.workloads import ANNOTATION_PREFIX
+from poolbudget.api.annotations import (
+    APPLICATION_NAME_ENV,
+    DEPLOYMENT_ANNOTATIONS,
+    MANAGED_BY,
+    ORIGINAL_ENV,
+    ROLLED_AT,
+    STAMP_BUDGET,
+    STAMP_CONNECTIONS,
+    TEMPLATE_ANNOTATIONS,
+)
+from poolbudget.api.objects import Obj
+from poolbudget.observe.objects import (
+    annotations_of,
+    env_entry,
+    metadata_of,
+    template_containers,
+    template_of,
+)
 
-# On the Deployment (metadata): which budget manages it, what it overwrote, and when it last rolled it.
-MANAGED_BY = ANNOTATION_PREFIX + "managed-by"
-ORIGINAL_ENV = ANNOTATION_PREFIX + "original-env"
-ROLLED_AT = ANNOTATION_PREFIX + "rolled-at"
-# On the pod template, hence on every pod: the allotment the pod starts with, and from which budget.
-STAMP_CONNECTIONS = ANNOTATION_PREFIX + "connections-per-pod"
-STAMP_BUDGET = ANNOTATION_PREFIX + "budget"
-
-DEPLOYMENT_ANNOTATIONS = (MANAGED_BY, ORIGINAL_ENV, ROLLED_AT)
-TEMPLATE_ANNOTATIONS = (STAMP_CONNECTIONS, STAMP_BUDGET)
-
-# libpq reads it as application_name: pg_stat_activity then says which Deployment holds which connection.
-APPLICATION_NAME_ENV = "PGAPPNAME"
-
-Obj = dict[str, Any]
+Patch = dict[str, Any]  # a strategic-merge patch, or a piece of one
 
 
 @dataclass(frozen=True, slots=True)
 class OwnedEntry:
     """One env entry poolbudget owns: what was there before it (None: nothing) and the value it wrote."""
 
-    original: Obj | None
+    original: Patch | None
     written: str
     position: int | None = None  # where the original stood in the container's env, for the record
 
@@ -103,48 +106,23 @@ def dump_record(record: Record) -> str:
     )
 
 
-def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
-    return (obj.get("metadata") or {}).get("annotations") or {}
-
-
-def _template(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
-    return (deployment.get("spec") or {}).get("template") or {}
-
-
-def _containers(deployment: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    containers = (_template(deployment).get("spec") or {}).get("containers") or []
-    return {c.get("name", ""): c for c in containers if isinstance(c, dict)}
-
-
-def _env_entry(container: Mapping[str, Any], name: str) -> tuple[int, Obj] | None:
-    for index, entry in enumerate(container.get("env") or []):
-        if isinstance(entry, dict) and entry.get("name") == name:
-            return index, entry
-    return None
-
-
-def _ours(entry: Obj | None, owned: OwnedEntry) -> bool:
+def _ours(entry: Patch | None, owned: OwnedEntry) -> bool:
     """Whether an env entry still holds what poolbudget wrote (not changed by someone since)."""
     return entry is not None and "valueFrom" not in entry and entry.get("value", "") == owned.written
 
 
-def managed_by(deployment: Mapping[str, Any]) -> str | None:
-    """The budget whose settings the Deployment carries, or None."""
-    return _annotations(deployment).get(MANAGED_BY) or None
-
-
 def with_application_name(
-    desired: Mapping[str, Mapping[str, str]], deployment: Mapping[str, Any], application_name: str
+    desired: Mapping[str, Mapping[str, str]], deployment: Obj, application_name: str
 ) -> dict[str, dict[str, str]]:
     """``desired`` plus ``PGAPPNAME`` in each container where the user has not set it (or where it is ours)."""
-    record = read_record(_annotations(deployment))
-    containers = _containers(deployment)
+    record = read_record(annotations_of(deployment))
+    containers = template_containers(deployment)
     out: dict[str, dict[str, str]] = {}
     for name, entries in desired.items():
         out[name] = dict(entries)
         if APPLICATION_NAME_ENV in entries:
             continue
-        found = _env_entry(containers.get(name, {}), APPLICATION_NAME_ENV)
+        found = env_entry(containers.get(name, {}), APPLICATION_NAME_ENV)
         stored = record.get(name)
         owned = stored.entries.get(APPLICATION_NAME_ENV) if stored is not None else None
         if found is None or (owned is not None and _ours(found[1], owned)):
@@ -152,20 +130,43 @@ def with_application_name(
     return out
 
 
-def _restore_entry(name: str, current: Obj | None, owned: OwnedEntry) -> Obj | None:
+def _restore_entry(name: str, current: Patch | None, owned: OwnedEntry) -> Patch | None:
     """The env patch item that puts back what was there before poolbudget; None when nothing to do."""
     if current is None or not _ours(current, owned):
         return None  # someone changed or removed it since: their choice is the truth now
     if owned.original is None:
         return {"name": name, "$patch": "delete"}
-    item: Obj = copy.deepcopy(owned.original)
+    item: Patch = copy.deepcopy(owned.original)
     for key in current or {}:
         if key not in item:
             item[key] = None  # e.g. the original had valueFrom, poolbudget wrote value
     return item if item != current else None
 
 
-def _empty_after(container: Mapping[str, Any], items: list[Obj], had_env: bool) -> bool:
+def _restore_items(container: Mapping[str, Any], entries: Mapping[str, OwnedEntry]) -> list[Patch]:
+    """The env patch items that put back what these owned entries overwrote (those still as poolbudget wrote)."""
+    items: list[Patch] = []
+    for env_name, entry in entries.items():
+        found = env_entry(container, env_name)
+        restored = _restore_entry(env_name, found[1] if found else None, entry)
+        if restored is not None:
+            items.append(restored)
+    return items
+
+
+def _container_patch(
+    name: str, container: Mapping[str, Any], items: list[Patch], had_env: bool
+) -> Patch | None:
+    """One container's entry in the patch's container list; None when its env does not change."""
+    if not items:
+        return None
+    patch: Patch = {"name": name, "env": items}
+    if _empty_after(container, items, had_env):
+        patch["env"] = None  # an empty list would stay behind where the original had no env at all
+    return patch
+
+
+def _empty_after(container: Mapping[str, Any], items: list[Patch], had_env: bool) -> bool:
     """Whether the patch leaves no env entry in a container that had no env list before poolbudget."""
     if had_env:
         return False
@@ -177,12 +178,12 @@ def _empty_after(container: Mapping[str, Any], items: list[Obj], had_env: bool) 
 
 
 def apply_patch(
-    deployment: Mapping[str, Any],
+    deployment: Obj,
     budget: str,
     desired: Mapping[str, Mapping[str, str]],
     per_pod: int,
     now: str,
-) -> Obj | None:
+) -> Patch | None:
     """The patch that gives ``deployment`` the env entries ``desired`` (container -> name -> value).
 
     Records what each entry overwrote the first time poolbudget owns it (and again whenever someone changed the
@@ -190,10 +191,10 @@ def apply_patch(
     writes (another profile, another container) are restored. Stamps the pod template with ``per_pod``
     connections and the budget. None when the Deployment already carries all of it.
     """
-    containers = _containers(deployment)
-    old_record = read_record(_annotations(deployment))
+    containers = template_containers(deployment)
+    old_record = read_record(annotations_of(deployment))
     record: Record = {}
-    container_patches: list[Obj] = []
+    container_patches: list[Patch] = []
     for container_name in sorted(set(desired) | set(old_record)):
         container = containers.get(container_name)
         if container is None:
@@ -203,9 +204,9 @@ def apply_patch(
         previous = previous_record.entries if previous_record is not None else {}
         had_env = previous_record.had_env if previous_record is not None else "env" in container
         owned: dict[str, OwnedEntry] = {}
-        items: list[Obj] = []
+        items: list[Patch] = []
         for env_name, value in wanted.items():
-            found = _env_entry(container, env_name)
+            found = env_entry(container, env_name)
             position, current = found if found else (None, None)
             before = previous.get(env_name)
             if before is not None and (current is None or _ours(current, before)):
@@ -214,29 +215,22 @@ def apply_patch(
                 original = copy.deepcopy(current)  # first time, or changed by someone since
             owned[env_name] = OwnedEntry(original, value, position)
             if not _ours(current, owned[env_name]):
-                item: Obj = {"name": env_name, "value": value}
+                item: Patch = {"name": env_name, "value": value}
                 if current is not None and "valueFrom" in current:
                     item["valueFrom"] = None  # a value and a valueFrom together are invalid
                 items.append(item)
-        for env_name, before in previous.items():
-            if env_name not in wanted:
-                found = _env_entry(container, env_name)
-                restored = _restore_entry(env_name, found[1] if found else None, before)
-                if restored is not None:
-                    items.append(restored)
+        items += _restore_items(container, {n: e for n, e in previous.items() if n not in wanted})
         if owned:
             record[container_name] = ContainerRecord(owned, had_env)
-        if items:
-            patch: Obj = {"name": container_name, "env": items}
-            if _empty_after(container, items, had_env):
-                patch["env"] = None  # an empty list would stay behind where the original had no env at all
+        patch = _container_patch(container_name, container, items, had_env)
+        if patch is not None:
             container_patches.append(patch)
 
-    template_annotations = _annotations(_template(deployment))
+    template_annotations = annotations_of(template_of(deployment))
     stamps = {STAMP_CONNECTIONS: str(per_pod), STAMP_BUDGET: budget}
     stamp_patch = {k: v for k, v in stamps.items() if template_annotations.get(k) != v}
-    annotations = _annotations(deployment)
-    meta_patch: Obj = {}
+    annotations = annotations_of(deployment)
+    meta_patch: Patch = {}
     if annotations.get(MANAGED_BY) != budget:
         meta_patch[MANAGED_BY] = budget
     dumped = dump_record(record)
@@ -244,7 +238,7 @@ def apply_patch(
         meta_patch[ORIGINAL_ENV] = dumped
     if not (container_patches or stamp_patch or meta_patch):
         return None
-    template_patch: Obj = {}
+    template_patch: Patch = {}
     if container_patches or stamp_patch:
         meta_patch[ROLLED_AT] = now  # the template changes: every pod restarts
     if stamp_patch:
@@ -254,36 +248,30 @@ def apply_patch(
     return _deployment_patch(deployment, meta_patch, template_patch)
 
 
-def restore_patch(deployment: Mapping[str, Any]) -> Obj | None:
+def restore_patch(deployment: Obj) -> Patch | None:
     """The patch that takes back everything poolbudget wrote into ``deployment``; None when there is nothing.
 
     Entries it added are deleted, entries it overwrote get their original back (in place, so the order is the
     original one), entries someone changed since are left alone; the stamps and poolbudget's annotations go.
     """
-    annotations = _annotations(deployment)
-    template_annotations = _annotations(_template(deployment))
+    annotations = annotations_of(deployment)
+    template_annotations = annotations_of(template_of(deployment))
     if not any(k in annotations for k in DEPLOYMENT_ANNOTATIONS) and not any(
         k in template_annotations for k in TEMPLATE_ANNOTATIONS
     ):
         return None
-    containers = _containers(deployment)
-    container_patches: list[Obj] = []
+    containers = template_containers(deployment)
+    container_patches: list[Patch] = []
     for container_name, stored in sorted(read_record(annotations).items()):
         container = containers.get(container_name)
         if container is None:
             continue
-        items: list[Obj] = []
-        for env_name, entry in stored.entries.items():
-            found = _env_entry(container, env_name)
-            restored = _restore_entry(env_name, found[1] if found else None, entry)
-            if restored is not None:
-                items.append(restored)
-        if items:
-            patch: Obj = {"name": container_name, "env": items}
-            if _empty_after(container, items, stored.had_env):
-                patch["env"] = None  # an empty list would stay behind where the original had no env at all
+        patch = _container_patch(
+            container_name, container, _restore_items(container, stored.entries), stored.had_env
+        )
+        if patch is not None:
             container_patches.append(patch)
-    template_patch: Obj = {}
+    template_patch: Patch = {}
     ours = [k for k in TEMPLATE_ANNOTATIONS if k in template_annotations]
     if ours:
         # An emptied map would stay behind as `annotations: {}` where the original had none.
@@ -291,23 +279,23 @@ def restore_patch(deployment: Mapping[str, Any]) -> Obj | None:
         template_patch["metadata"] = {"annotations": None if emptied else dict.fromkeys(ours)}
     if container_patches:
         template_patch["spec"] = {"containers": container_patches}
-    meta_patch: Obj = {k: None for k in DEPLOYMENT_ANNOTATIONS if k in annotations}
+    meta_patch: Patch = {k: None for k in DEPLOYMENT_ANNOTATIONS if k in annotations}
     return _deployment_patch(deployment, meta_patch, template_patch, drop_empty=True)
 
 
 def _deployment_patch(
-    deployment: Mapping[str, Any], annotations: Obj, template: Obj, drop_empty: bool = False
-) -> Obj:
-    metadata: Obj = {}
-    version = (deployment.get("metadata") or {}).get("resourceVersion")
+    deployment: Obj, annotations: Patch, template: Patch, drop_empty: bool = False
+) -> Patch:
+    metadata: Patch = {}
+    version = metadata_of(deployment).get("resourceVersion")
     if version:
         metadata["resourceVersion"] = version  # optimistic concurrency: a stale read is a 409, not a clobber
     if annotations:
-        current = _annotations(deployment)
+        current = annotations_of(deployment)
         removed = {k for k, v in annotations.items() if v is None}
         emptied = drop_empty and set(current) <= removed
         metadata["annotations"] = None if emptied else annotations
-    patch: Obj = {"metadata": metadata}
+    patch: Patch = {"metadata": metadata}
     if template:
         patch["spec"] = {"template": _in_place(deployment, template)}
     return patch
@@ -320,7 +308,7 @@ def _in_place(deployment: Mapping[str, Any], template: Obj) -> Obj:
     spec = template.get("spec") or {}
     if "containers" not in spec:
         return template
-    current = _containers(deployment)
+    current = template_containers(deployment)
     patched = []
     for container_patch in spec["containers"]:
         env = container_patch.get("env")

@@ -1,1 +1,1 @@
-"""The allocation: pure functions, no kopf, no I/O, no clock."""
+"""The allocation, the ordering of changes and the demand decisions: pure functions, no I/O, the clock passed in."""

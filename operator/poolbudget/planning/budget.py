@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from poolbudget.api.annotations import CONTAINER
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
+from poolbudget.api.objects import Key
 from poolbudget.api.workloads import (
     AnnotationError,
     Container,
@@ -14,12 +17,10 @@ from poolbudget.api.workloads import (
     OptIn,
     parse_opt_in,
 )
-from poolbudget.planning.limits import DatabaseLimits, compute_available
+from poolbudget.planning.limits import compute_available
 from poolbudget.planning.plan import BudgetPlan, Workload, plan_budget
-from poolbudget.planning.sizing import peak_pods, processes_from_env
+from poolbudget.planning.sizing import hpa_replicas, peak_pods, processes_of
 from poolbudget.profiles import Profile, ProfileError, resolve_profile
-
-Key = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +58,7 @@ def namespace_allowed(budget: PoolBudget, namespace_labels: Mapping[str, str]) -
 
 
 def _processes(opt_in: OptIn, containers: Iterable[Container]) -> tuple[int, str]:
-    counts: list[tuple[int, str]] = []
-    for container in containers:
-        if opt_in.processes is not None:
-            counts.append((opt_in.processes, "annotation poolbudget.io/processes"))
-        else:
-            counts.append(processes_from_env(container.literal_env()) or (1, "default"))
+    counts = [processes_of(opt_in.processes, container.literal_env()) for container in containers]
     total = sum(n for n, _ in counts)
     if len(counts) == 1:
         return total, counts[0][1]
@@ -79,7 +75,7 @@ def _select_containers(deployment: Deployment, opt_in: OptIn) -> tuple[Container
     missing = [name for name in opt_in.containers if name not in by_name]
     if missing:
         raise AnnotationError(
-            f"annotation poolbudget.io/container names {', '.join(missing)}, "
+            f"annotation {CONTAINER} names {', '.join(missing)}, "
             f"not in the pod template (containers: {', '.join(by_name)})"
         )
     return tuple(by_name[name] for name in opt_in.containers)
@@ -97,19 +93,19 @@ def manage(
     profile = resolve_profile(opt_in.profile or spec.defaults.profile, spec.profiles)
     containers = _select_containers(deployment, opt_in)
     hpa = next((h for h in hpas if h.targets(deployment)), None)
-    hpa_replicas = None
+    sized_for = None
     if hpa is not None:
-        current = (hpa.status.current_replicas if hpa.status else None) or deployment.spec.replicas
-        hpa_replicas = hpa.spec.max_replicas if spec.sizing.hpa == "maxReplicas" else current
+        current = hpa.status.current_replicas if hpa.status else None
+        sized_for = hpa_replicas(spec.sizing.hpa, hpa.spec.max_replicas, current, deployment.spec.replicas)
     pods, pods_reason = peak_pods(
         deployment.spec.replicas,
         deployment.spec.strategy.type,
         deployment.max_surge,
-        hpa_replicas,
+        sized_for,
         spec.sizing.count_surge,
         spec.sizing.rollout_overlap,
     )
-    replicas = hpa_replicas if hpa_replicas is not None else deployment.spec.replicas
+    replicas = sized_for if sized_for is not None else deployment.spec.replicas
     rolling = deployment.spec.strategy.type != "Recreate"
     processes, processes_reason = _processes(opt_in, containers)
     minimum = opt_in.min_connections or spec.defaults.min_connections_per_process

@@ -1,6 +1,6 @@
 """Demand: from pool metrics to the connections one process of a Deployment needs, without flapping.
 
-Pure: no I/O and no clock. The glue (``poolbudget.demand``) runs the queries and passes in what came back and
+Pure: no I/O and no clock. The glue (``poolbudget.controller.demand``) runs the queries and passes in what came back and
 the time it is; everything decided from those is here:
 
 - which PromQL measures a Deployment (annotation, else budget, else its profile's exporter preset);
@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-Key = tuple[str, str]
+from poolbudget.api.models import ProfileName
+from poolbudget.api.objects import Key
 
 # Template placeholders: the three MetricsSpec documents, plus {pods}, a regex for the Deployment's pod names.
 PLACEHOLDERS = ("namespace", "deployment", "window", "pods")
@@ -96,12 +97,12 @@ EXPORTERS: dict[str, Exporter] = {
 # Which preset a profile's apps most likely export. SQLAlchemy apps (Langflow, Airflow included) are covered by
 # OpenTelemetry's SQLAlchemy instrumentation; custom profiles get the same.
 PROFILE_EXPORTERS: dict[str, str] = {
-    "sqlalchemy": "opentelemetry",
-    "langflow": "opentelemetry",
-    "airflow": "opentelemetry",
-    "letta": "letta",
-    "hikari": "hikaricp",
-    "psycopg-pool": "psycopg-pool",
+    ProfileName.SQLALCHEMY: "opentelemetry",
+    ProfileName.LANGFLOW: "opentelemetry",
+    ProfileName.AIRFLOW: "opentelemetry",
+    ProfileName.LETTA: "letta",
+    ProfileName.HIKARI: "hikaricp",
+    ProfileName.PSYCOPG_POOL: "psycopg-pool",
 }
 DEFAULT_EXPORTER = "opentelemetry"
 
@@ -407,6 +408,25 @@ def settle(
     return Accepted(proposed, now, now), f"demand {proposed} (was {held})"
 
 
+def held_demand(
+    accepted: Accepted | None, now: float, hold_seconds: float, bounds: Bounds
+) -> tuple[int | None, str]:
+    """The demand a Deployment is planned with, and what to add to its explanation.
+
+    Its accepted demand (clamped into the current bounds) while a measurement confirmed it within
+    ``hold_seconds`` (so a short metrics outage rolls nothing); after that none: it is sized by its static weight.
+    """
+    if accepted is None:
+        return None, "; no demand: sized by its static weight"
+    age = now - accepted.confirmed_at
+    if age <= hold_seconds or accepted.confirmed_at == now:
+        demand = bounds.clamp(accepted.demand)
+        if accepted.confirmed_at == now:
+            return demand, ""
+        return demand, f"; holding demand {demand} confirmed {age:.0f}s ago"
+    return None, f"; demand {accepted.demand} confirmed {age:.0f}s ago has expired: static weight"
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
     """Whether measured demand is used: after a failure, only after ``successes`` >= the recovery count."""
@@ -431,3 +451,39 @@ def trim_history(
     """``history`` with ``(now, sample)`` appended (when given) and everything older than ``window`` dropped."""
     points = [*history, (now, sample)] if sample is not None else list(history)
     return tuple((t, v) for t, v in points if now - window <= t <= now)
+
+
+class DemandState:
+    """What one budget's demand measurement remembers between calls (keep one per budget).
+
+    - ``recovery_successes``: after a failure, this many consecutive good reads before demand is used again
+      (a cold start needs one), so a Prometheus that comes and goes does not flip the plan back and forth;
+    - ``hold_seconds``: a Deployment's accepted demand stays in use this long after a measurement last
+      confirmed it, so a short Prometheus outage rolls nothing; after that it falls back to its static weight.
+
+    It also keeps the accepted demand per Deployment (the deadband's reference) and, for ``pgStatActivity``,
+    the totals sampled within the window and which application names were ever seen with connections (before
+    that, a Deployment has no measurement: zero connections could mean a driver that ignores PGAPPNAME).
+    """
+
+    def __init__(self, *, recovery_successes: int = 3, hold_seconds: float = 300.0) -> None:
+        if recovery_successes < 1:
+            raise ValueError("recovery_successes must be >= 1")
+        if hold_seconds < 0:
+            raise ValueError("hold_seconds must be >= 0")
+        self.recovery_successes = recovery_successes
+        self.hold_seconds = hold_seconds
+        self.health = Health()
+        self.accepted: dict[Key, Accepted] = {}
+        self.activity: dict[Key, tuple[tuple[float, float], ...]] = {}
+        self.activity_seen: set[Key] = set()  # application names seen with connections at least once
+
+    def remember(self, demand: Mapping[Key, int], at: float) -> None:
+        """Seed accepted demand (e.g. from the budget's status after an operator restart), as of ``at``.
+
+        Without it a restarted operator measures afresh, and a small difference from what the running pods
+        were planned with could shrink a Deployment that did not need it.
+        """
+        for key, value in demand.items():
+            self.accepted[key] = Accepted(int(value), at, at)
+        self.health = Health(True, 1, False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from poolbudget.api.annotations import PROCESSES
+
 # Kubernetes' default RollingUpdate maxSurge.
 DEFAULT_MAX_SURGE = "25%"
 
@@ -60,3 +62,21 @@ def processes_from_env(env: Mapping[str, str]) -> tuple[int, str] | None:
         if raw is not None and raw.strip().isdigit() and int(raw) > 0:
             return int(raw), name
     return None
+
+
+def processes_of(declared: int | None, env: Mapping[str, str]) -> tuple[int, str]:
+    """A container's worker processes, and why: the ``poolbudget.io/processes`` annotation, else what the
+    app's own env declares, else 1."""
+    if declared is not None:
+        return declared, f"annotation {PROCESSES}"
+    return processes_from_env(env) or (1, "default")
+
+
+def hpa_replicas(
+    mode: str, max_replicas: int | None, current_replicas: int | None, replicas: int | None = None
+) -> int | None:
+    """The replicas an HPA sizes its Deployment for: its ``maxReplicas`` (sizing.hpa: maxReplicas, the peak, so
+    scale-ups need no restart), else its ``currentReplicas``, falling back to the Deployment's ``replicas``."""
+    if mode == "maxReplicas":
+        return max_replicas
+    return current_replicas or replicas

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-# What the operator's own short-lived connections are called; they are never counted as unmanaged.
-OPERATOR_APPLICATION_NAME = "poolbudget-operator"
+from poolbudget.api.annotations import OPERATOR_APPLICATION_NAME
 
 # PostgreSQL keeps at most NAMEDATALEN - 1 bytes of application_name in pg_stat_activity.
 APPLICATION_NAME_MAX_BYTES = 63

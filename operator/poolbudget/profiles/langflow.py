@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from poolbudget.api.models import ProfileName
 from poolbudget.profiles.base import PoolSettings, Profile, parse_int
 
 SETTINGS = "LANGFLOW_DB_CONNECTION_SETTINGS"
@@ -78,4 +79,4 @@ def read(env: Mapping[str, str]) -> PoolSettings:
     )
 
 
-PROFILE = Profile("langflow", render, read)
+PROFILE = Profile(ProfileName.LANGFLOW, render, read)

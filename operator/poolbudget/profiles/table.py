@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from poolbudget.api.models import ProfileName
 from poolbudget.profiles.base import PoolSettings, Profile, parse_int
 
 # SQLAlchemy's create_engine defaults: pool_size 5, max_overflow 10, pool_timeout 30, no recycle.
@@ -60,7 +61,7 @@ class EnvTable:
 
 SQLALCHEMY = EnvTable(
     "DB_POOL_SIZE", "DB_MAX_OVERFLOW", pool_timeout="DB_POOL_TIMEOUT", pool_recycle="DB_POOL_RECYCLE"
-).profile("sqlalchemy")
+).profile(ProfileName.SQLALCHEMY)
 
 # Recent Letta defaults to NullPool (LETTA_DISABLE_SQLALCHEMY_POOLING), which ignores pool sizes: turn it off.
 LETTA = EnvTable(
@@ -70,7 +71,7 @@ LETTA = EnvTable(
     pool_recycle="LETTA_PG_POOL_RECYCLE",
     fixed={"LETTA_DISABLE_SQLALCHEMY_POOLING": "false"},
     defaults=PoolSettings(25, 10, 30, 1800),
-).profile("letta")
+).profile(ProfileName.LETTA)
 
 # Airflow 3 builds a sync and an async engine per process, each with these sizes.
 AIRFLOW = EnvTable(
@@ -78,14 +79,14 @@ AIRFLOW = EnvTable(
     "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW",
     pool_recycle="AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_RECYCLE",
     defaults=PoolSettings(5, 10, 30, 1800),
-).profile("airflow", pools_per_process=2)
+).profile(ProfileName.AIRFLOW, pools_per_process=2)
 
 # HikariCP: maximumPoolSize is the whole pool, minimumIdle the part it keeps open. Default 10 and 10.
 HIKARI = EnvTable(
     "SPRING_DATASOURCE_HIKARI_MINIMUMIDLE",
     max_size="SPRING_DATASOURCE_HIKARI_MAXIMUMPOOLSIZE",
     defaults=PoolSettings(10, 0, 30, 1800),
-).profile("hikari")
+).profile(ProfileName.HIKARI)
 
 # psycopg_pool.ConnectionPool(min_size, max_size, timeout): max_size defaults to min_size, min_size to 4.
 PSYCOPG_POOL = EnvTable(
@@ -93,4 +94,4 @@ PSYCOPG_POOL = EnvTable(
     max_size="DB_POOL_MAX_SIZE",
     pool_timeout="DB_POOL_TIMEOUT",
     defaults=PoolSettings(4, 0, 30, 1800),
-).profile("psycopg-pool")
+).profile(ProfileName.PSYCOPG_POOL)

@@ -40,7 +40,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from poolbudget.planning.budget import Key
+from poolbudget.api.objects import Key
 from poolbudget.planning.plan import BudgetPlan
 
 DEFAULT_PORT = 9090
@@ -151,6 +151,18 @@ class OperatorMetrics:
             self.deployment_max_overflow.labels(budget, ns, name).set(a.max_overflow)
         self.forget_deployments(budget, self._published.get(budget, set()) - current)
         self._published[budget] = current
+
+    def record_round(self, budget: str, seconds: float) -> None:
+        self.reconcile_duration.labels(budget).observe(seconds)
+
+    def count_rebalance(self, budget: str) -> None:
+        self.rebalances.labels(budget).inc()
+
+    def count_database_error(self, budget: str) -> None:
+        self.database_errors.labels(budget).inc()
+
+    def count_prometheus_error(self, budget: str) -> None:
+        self.prometheus_errors.labels(budget).inc()
 
     def record_restarts(self, budget: str, keys: Iterable[Key]) -> None:
         for ns, name in keys:

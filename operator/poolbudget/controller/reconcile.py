@@ -1,70 +1,62 @@
-"""One budget's round and its loop: observe -> limits -> plan -> order the changes (shrink first) -> apply ->
-status -> events.
+"""One budget's round, in a fixed order: read -> observe -> plan -> order the changes (shrink first) -> apply ->
+report (status, events).
 
-A round reads what kopf's indexes hold (a :class:`~poolbudget.context.View` of Deployments, HPAs, pods,
+A round reads what kopf's indexes hold (a :class:`~poolbudget.controller.state.View` of Deployments, HPAs, pods,
 namespaces) and the database's limits (``inputs``), plans with :func:`plan_for_budget`, lets
 :func:`order_changes` decide which Deployments change now, patches them (``apply``), and writes the status
 only when it changed (``report``). All decisions are the pure functions of ``planning``, ``observe``,
-``refused``, ``status`` and ``delivery``; this module sequences them. The loop (:func:`run_budget_loop`) is
-woken by the event handlers and by a periodic refresh, and coalesces a burst of wake-ups into one round
-(``spec.rebalance.debounceSeconds``).
+``status`` and ``delivery``; this module sequences them. The loop that runs rounds is ``runtime.loop``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from poolbudget.api.conditions import INVALID, READY, Reason
+from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.manifests import format_validation_error
 from poolbudget.api.models import PoolBudget, PoolBudgetSpec, PoolBudgetStatus
+from poolbudget.api.objects import Key, Obj
 from poolbudget.api.workloads import Deployment, HorizontalPodAutoscaler, budget_of
-from poolbudget.apply import Applied, Change, apply_changes, release_deployments, touches_template
-from poolbudget.context import (
-    RETRY_LATER,
-    BudgetMemory,
-    Context,
-    Obj,
-    RoundResult,
-    View,
-    key_of,
-    latest,
-    sooner,
-    version_of,
-)
-from poolbudget.delivery.env import desired_env
-from poolbudget.delivery.envpatch import apply_patch, managed_by, with_application_name
-from poolbudget.inputs import read_demand, read_limits
-from poolbudget.observe import (
-    format_time,
-    observed_footprint,
-    rollout_settled,
-    seconds_since_roll,
-    target_per_pod,
-    template_per_pod,
-)
-from poolbudget.planning.budget import BudgetOutcome, Key, Refusal, plan_for_budget
-from poolbudget.planning.limits import DatabaseLimits
-from poolbudget.planning.transitions import Hysteresis, Steps, Transition, Wait, order_changes
-from poolbudget.planning.unmanaged import managed_application_name
-from poolbudget.refused import refused_footprint, replicas_from_hpa, still_counted
-from poolbudget.report import warn_refusals, warn_transitions, write_status
-from poolbudget.status import (
-    INVALID,
-    READY,
+from poolbudget.controller.apply import Applied, Change, apply_changes, release_deployments, touches_template
+from poolbudget.controller.inputs import read_demand, read_limits
+from poolbudget.controller.report import warn_refusals, warn_transitions, write_status
+from poolbudget.controller.state import BudgetMemory, Context, RoundResult, View, latest, sooner
+from poolbudget.controller.status import (
     ConditionUpdate,
-    Reason,
     build_status,
     condition_of,
     overcommitted_update,
     ready_update,
     stored_status,
 )
+from poolbudget.delivery.env import desired_env
+from poolbudget.delivery.envpatch import apply_patch, with_application_name
+from poolbudget.observe.footprint import (
+    observed_footprint,
+    rollout_settled,
+    seconds_since_roll,
+    target_per_pod,
+    template_per_pod,
+)
+from poolbudget.observe.objects import (
+    annotations_of,
+    format_time,
+    key_of,
+    managed_by,
+    metadata_of,
+    uid_of,
+    version_of,
+)
+from poolbudget.observe.refused import refused_footprint, replicas_from_hpa, still_counted
+from poolbudget.planning.budget import BudgetOutcome, Refusal, plan_for_budget
+from poolbudget.planning.transitions import Hysteresis, Steps, Transition, Wait, order_changes
+from poolbudget.planning.unmanaged import managed_application_name
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +65,9 @@ _NO_CONDITION = ConditionUpdate(READY, "Unknown", "")
 
 async def reconcile_budget(ctx: Context, body: Obj, view: View) -> RoundResult:
     """One round for one budget. Never raises for what the next round may fix; returns when to run again."""
-    metadata = body.get("metadata") or {}
+    metadata = metadata_of(body)
     name = str(metadata.get("name", ""))
-    memory = ctx.memory(name, metadata.get("uid"))
+    memory = ctx.memory(name, uid_of(body))
     started = ctx.monotonic()
     try:
         async with memory.lock:
@@ -84,15 +76,14 @@ async def reconcile_budget(ctx: Context, body: Obj, view: View) -> RoundResult:
             return await _round(ctx, memory, body, view)
     finally:
         memory.last_round = ctx.monotonic()
-        ctx.metrics.reconcile_duration.labels(name).observe(memory.last_round - started)
+        ctx.metrics.record_round(name, memory.last_round - started)
 
 
 async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> RoundResult:
     name = memory.name
     now = ctx.clock()
     now_text = format_time(now)
-    metadata = body.get("metadata") or {}
-    generation = metadata.get("generation")
+    generation = metadata_of(body).get("generation")
     previous = stored_status(body)
     try:
         budget = PoolBudget.model_validate(dict(body))
@@ -147,7 +138,7 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
     writes += applied.writes
     retry = sooner(retry, applied.retry)
     if applied.changed:
-        ctx.metrics.rebalances.labels(name).inc()
+        ctx.metrics.count_rebalance(name)
 
     # Status, conditions and the events of their transitions.
     updates = [
@@ -235,7 +226,7 @@ def _observe(memory: BudgetMemory, name: str, view: View) -> _Deployments:
     for indexed in view.deployments_of(name):
         deployment = latest(memory, indexed)
         key = key_of(deployment)
-        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        annotations = annotations_of(deployment)
         owner = managed_by(deployment)
         if budget_of(annotations) != name:
             if owner == name:
@@ -440,47 +431,3 @@ def _next_round(spec: PoolBudgetSpec, waits: dict[Key, Wait], by_key: dict[Key, 
         if wait is Wait.TOO_SOON and since is not None:
             next_round = sooner(next_round, max(1.0, spec.rebalance.min_interval_seconds - since))
     return next_round
-
-
-# ---------------------------------------------------------------------------------------------------- the loop
-
-
-async def run_budget_loop(
-    ctx: Context,
-    name: str,
-    current_body: Callable[[], Obj],
-    view: View,
-    round_fn: Callable[[Context, Obj, View], Awaitable[RoundResult]] = reconcile_budget,
-) -> None:
-    """Run rounds for one budget until cancelled: at once, then on each wake-up (after the debounce window,
-    so a burst makes one plan) or when the previous round asked to be run again."""
-    memory = ctx.memory(name, (current_body().get("metadata") or {}).get("uid"))
-    delay: float | None = 0.0
-    while True:
-        woken = delay == 0.0
-        if not woken:
-            try:
-                async with asyncio.timeout(delay):
-                    await memory.wake.wait()
-                woken = True
-            except TimeoutError:
-                woken = False
-            if woken:
-                await asyncio.sleep(_debounce(current_body()))
-        memory.wake.clear()
-        try:
-            result = await round_fn(ctx, current_body(), view)
-            delay = result.next_round_in
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("PoolBudget %s: the round failed; trying again in %s s", name, RETRY_LATER)
-            delay = RETRY_LATER
-        if delay is not None and delay <= 0:
-            delay = 0.1
-
-
-def _debounce(body: Obj) -> float:
-    rebalance = (body.get("spec") or {}).get("rebalance") or {}
-    value = rebalance.get("debounceSeconds", 1.0)
-    return float(value) if isinstance(value, int | float) and 0 <= value <= 60 else 1.0

@@ -1,8 +1,9 @@
-"""What every budget's loop shares: the operator-wide :class:`Context`, each budget's :class:`BudgetMemory`, the
+"""What every budget's round shares: the operator-wide :class:`Context`, each budget's :class:`BudgetMemory`, the
 :class:`View` of kopf's indexes a round reads, and the :class:`RoundResult` it returns.
 
-The Kubernetes calls and the events are Protocols (:class:`ClusterApi`, :class:`EventSink`): ``adapters`` and
-``runner`` provide the real ones, tests answer them in memory.
+The Kubernetes calls, the events and the operator's metrics are Protocols (:class:`ClusterApi`,
+:class:`EventSink`, :class:`RoundMetrics`): ``adapters`` and ``runtime`` provide the real ones, tests answer them
+in memory.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from poolbudget.api.limits import DatabaseLimits
+from poolbudget.api.objects import Key, Obj
 from poolbudget.api.workloads import Deployment
-from poolbudget.metrics import OperatorMetrics
-from poolbudget.observe import PodFacts
-from poolbudget.planning.budget import Key
-from poolbudget.planning.limits import DatabaseLimits
-from poolbudget.status import ConditionUpdate
+from poolbudget.controller.status import ConditionUpdate
+from poolbudget.observe.objects import key_of, version_of
+from poolbudget.observe.pods import PodFacts
+from poolbudget.planning.demand import DemandState
+from poolbudget.planning.plan import BudgetPlan
 
-Obj = Mapping[str, Any]
 RETRY_SOON = 1.0  # seconds before a round after a conflict (someone else wrote the Deployment first)
 RETRY_LATER = 5.0  # seconds before a round after an API or unexpected error
 
@@ -36,6 +38,24 @@ class ClusterApi(Protocol):
     async def patch_budget_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
 
     async def read_secret_value(self, namespace: str, name: str, key: str) -> str: ...
+
+
+class RoundMetrics(Protocol):
+    """The operator's own metrics, as rounds feed them (``runtime.metrics.OperatorMetrics`` is the real one)."""
+
+    def record_plan(self, budget: str, plan: BudgetPlan, observed: Mapping[Key, int]) -> None: ...
+
+    def record_restarts(self, budget: str, keys: Iterable[Key]) -> None: ...
+
+    def record_round(self, budget: str, seconds: float) -> None: ...
+
+    def count_rebalance(self, budget: str) -> None: ...
+
+    def count_database_error(self, budget: str) -> None: ...
+
+    def count_prometheus_error(self, budget: str) -> None: ...
+
+    def forget_budget(self, budget: str) -> None: ...
 
 
 class EventSink(Protocol):
@@ -85,7 +105,7 @@ class BudgetMemory:
     demand_detail: dict[Key, str] = field(default_factory=dict)  # why, per Deployment (status allocations)
     demand_update: ConditionUpdate | None = None
     demand_read_at: float | None = None
-    demand_state: Any = None
+    demand_state: DemandState | None = None
     warned: dict[Key, str] = field(default_factory=dict)  # refusal events posted, by Deployment
     own_writes: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     own_status: tuple[str, dict[str, Any]] | None = None
@@ -102,7 +122,7 @@ class Context:
 
     cluster: ClusterApi
     events: EventSink
-    metrics: OperatorMetrics
+    metrics: RoundMetrics
     operator_namespace: str
     database_timeout: float = 5.0
     memories: dict[str, BudgetMemory] = field(default_factory=dict)
@@ -122,9 +142,17 @@ class Context:
         return memory
 
     def wake(self, budgets: Iterable[str]) -> None:
-        """Wake the loops of these budgets (those that have one)."""
+        """Wake the loops of these budgets (those that have one: a name without a loop gets no memory)."""
         for name in budgets:
-            self.memory(name).wake.set()
+            memory = self.memories.get(name)
+            if memory is not None:
+                memory.wake.set()
+
+    def forget(self, budget: str, memory: BudgetMemory | None = None) -> None:
+        """Drop a budget's memory when it is gone (its loop ended, or it was deleted and released); with
+        ``memory``, only if that is still the one kept (a budget re-created under the name has its own)."""
+        if memory is None or self.memories.get(budget) is memory:
+            self.memories.pop(budget, None)
 
     def awaiting_rollouts(self, budget: str) -> bool:
         """Whether the budget's last round left growth waiting for pods to go (rollout news can unblock it)."""
@@ -145,17 +173,6 @@ class RoundResult:
     next_round_in: float | None
     writes: int = 0
     changed: tuple[Key, ...] = ()
-
-
-def key_of(obj: Obj) -> Key:
-    """An object's (namespace, name)."""
-    metadata = obj.get("metadata") or {}
-    return str(metadata.get("namespace", "")), str(metadata.get("name", ""))
-
-
-def version_of(obj: Obj) -> str:
-    """An object's resourceVersion ("" when it has none)."""
-    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
 
 
 def latest(memory: BudgetMemory, deployment: Obj) -> Obj:

@@ -1,8 +1,8 @@
 """kopf wiring, and nothing else: settings, indexes, wake-ups, one daemon per PoolBudget, its deletion, probes.
 
-No decisions here: the indexes keep plain facts, the event handlers carry out what ``poolbudget.wakeups`` makes of
+No decisions here: the indexes keep plain facts, the event handlers carry out what ``runtime.wakeups`` makes of
 an event (wake the loops of the budgets concerned, warn, release), and every round is
-:func:`poolbudget.reconcile.reconcile_budget`. Deployments, HPAs, pods and namespaces are only observed (indexes
+:func:`poolbudget.controller.reconcile.reconcile_budget`, run by ``runtime.loop``. Deployments, HPAs, pods and namespaces are only observed (indexes
 and ``on.event``): kopf keeps no progress, diff-base or finalizer on them, so users' objects carry nothing from kopf.
 """
 
@@ -14,14 +14,15 @@ from typing import Any
 
 import kopf
 
-from poolbudget import apply, reconcile
-from poolbudget.adapters.kubernetes import KubernetesError
+from poolbudget.adapters.errors import KubernetesError
+from poolbudget.api.annotations import FINALIZER
 from poolbudget.api.models import GROUP, PLURAL, VERSION
-from poolbudget.api.workloads import budget_of
-from poolbudget.context import View
-from poolbudget.delivery.envpatch import MANAGED_BY
-from poolbudget.observe import PodFacts, pod_facts
-from poolbudget.runner import Runtime
+from poolbudget.controller.apply import release_budget, release_orphan
+from poolbudget.controller.state import View
+from poolbudget.observe.objects import budgets_of, hpa_target, key_of, metadata_of
+from poolbudget.observe.pods import PodFacts, pod_facts
+from poolbudget.runtime.loop import run_budget_loop
+from poolbudget.runtime.memo import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ logger = logging.getLogger(__name__)
 # in kopf's default registry, which other kopf operators in the same process would pick up.
 registry = kopf.OperatorRegistry()
 
-FINALIZER = "poolbudget.io/finalizer"
 PEERING_NAME = "poolbudget"
 WATCH_SERVER_TIMEOUT = 300  # seconds a watch stays open before the server is asked for a fresh one
 WATCH_CLIENT_TIMEOUT = 330
@@ -45,10 +45,20 @@ def _runtime(memo: Any) -> Runtime:
 def _plain(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A kopf body as a plain dict (without managedFields, which nobody here reads)."""
     out = {key: value for key, value in obj.items()}
-    metadata = dict(out.get("metadata") or {})
+    metadata = dict(metadata_of(out))
     metadata.pop("managedFields", None)
     out["metadata"] = metadata
     return out
+
+
+def _view(indexes: Mapping[str, Any]) -> View:
+    """What a round reads: the indexes below, which kopf passes to every handler by their names."""
+    return View(
+        deployments=indexes["budget_deployments"],  # kopf.Index[str, dict]: by budget name
+        hpas=indexes["hpas_by_target"],  # kopf.Index[Key, dict]: by (namespace, target Deployment)
+        pods=indexes["pods_by_deployment"],  # kopf.Index[Key, PodFacts]
+        namespaces=indexes["namespace_labels"],  # kopf.Index[str, labels]
+    )
 
 
 @kopf.on.startup(registry=registry)
@@ -104,29 +114,25 @@ async def close(memo: Any, **_: Any) -> None:
 @kopf.index("apps", "v1", "deployments", registry=registry)
 def budget_deployments(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """Deployments by the budget they opted into, and by the budget whose settings they still carry."""
-    annotations = body.metadata.annotations
-    names = {budget_of(dict(annotations)), annotations.get(MANAGED_BY)} - {None}
+    names = budgets_of(body)
     if not names:
         return {}
     snapshot = _plain(body)
-    return {str(name): snapshot for name in names}
+    return {name: snapshot for name in names}
 
 
 @kopf.index("apps", "v1", "deployments", registry=registry)
-def deployment_budgets(body: kopf.Body, name: str, **_: Any) -> dict[tuple[str, str], frozenset[str]]:
+def deployment_budgets(body: kopf.Body, **_: Any) -> dict[tuple[str, str], frozenset[str]]:
     """For pods and HPAs: which budgets care about a Deployment."""
-    annotations = body.metadata.annotations
-    names = frozenset(n for n in (budget_of(dict(annotations)), annotations.get(MANAGED_BY)) if n)
-    return {(body.metadata.namespace or "", name): names} if names else {}
+    names = budgets_of(body)
+    return {key_of(body): names} if names else {}
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", registry=registry)
-def hpas_by_target(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+def hpas_by_target(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """HPAs by the Deployment they scale."""
-    ref = spec.get("scaleTargetRef") or {}
-    if ref.get("kind") != "Deployment" or not ref.get("name"):
-        return {}
-    return {(body.metadata.namespace or "", str(ref["name"])): _plain(body)}
+    target = hpa_target(body)
+    return {target: _plain(body)} if target is not None else {}
 
 
 @kopf.index("v1", "pods", registry=registry)
@@ -165,7 +171,7 @@ async def deployment_changed(
     if news.unknown_budget is not None:
         context.events.warning(body, "UnknownBudget", news.unknown_budget)
     if news.orphaned:
-        await apply.release_orphan(context, _plain(body))
+        await release_orphan(context, _plain(body))
 
 
 @kopf.on.event("v1", "pods", registry=registry)  # type: ignore[arg-type]  # indexes by name
@@ -184,7 +190,6 @@ def pod_changed(
 def hpa_changed(
     type: str,
     body: kopf.Body,
-    spec: kopf.Spec,
     memo: Any,
     deployment_budgets: kopf.Index[tuple[str, str], frozenset[str]],
     **_: Any,
@@ -193,8 +198,8 @@ def hpa_changed(
     runtime = _runtime(memo)
     if not runtime.watch.hpa_event(type, body):
         return
-    key = (body.metadata.namespace or "", str((spec.get("scaleTargetRef") or {}).get("name", "")))
-    if key in deployment_budgets:
+    key = hpa_target(body)
+    if key is not None and key in deployment_budgets:
         for names in deployment_budgets[key]:
             runtime.context.wake(names)
 
@@ -216,39 +221,19 @@ def budget_changed(name: str, body: kopf.Body, memo: Any, **_: Any) -> None:
 # ------------------------------------------------------------------------------------------------ the loop
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, registry=registry)  # type: ignore[arg-type]  # indexes by name
-async def budget_loop(
-    name: str,
-    body: kopf.Body,
-    memo: Any,
-    budget_deployments: kopf.Index[str, dict[str, Any]],
-    hpas_by_target: kopf.Index[tuple[str, str], dict[str, Any]],
-    pods_by_deployment: kopf.Index[tuple[str, str], PodFacts],
-    namespace_labels: kopf.Index[str, dict[str, str]],
-    **_: Any,
-) -> None:
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0, registry=registry)
+async def budget_loop(name: str, body: kopf.Body, memo: Any, **indexes: Any) -> None:
     """One loop per PoolBudget, for as long as it exists (kopf cancels it on deletion and on shutdown)."""
-    view = View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
     # kopf keeps `body` current with every watch event of the budget.
-    await reconcile.run_budget_loop(_runtime(memo).context, name, lambda: body, view)
+    await run_budget_loop(_runtime(memo).context, name, lambda: body, _view(indexes))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)  # type: ignore[arg-type]  # indexes by name
-async def budget_deleted(
-    name: str,
-    uid: str,
-    memo: Any,
-    budget_deployments: kopf.Index[str, dict[str, Any]],
-    hpas_by_target: kopf.Index[tuple[str, str], dict[str, Any]],
-    pods_by_deployment: kopf.Index[tuple[str, str], PodFacts],
-    namespace_labels: kopf.Index[str, dict[str, str]],
-    **_: Any,
-) -> None:
+@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+async def budget_deleted(name: str, uid: str, memo: Any, **indexes: Any) -> None:
     """Give every Deployment of a deleted budget its own env back before the budget goes."""
     runtime = _runtime(memo)
-    view = View(budget_deployments, hpas_by_target, pods_by_deployment, namespace_labels)
     try:
-        await apply.release_budget(runtime.context, name, uid, view)
+        await release_budget(runtime.context, name, uid, _view(indexes))
     except KubernetesError as exc:
         raise kopf.TemporaryError(str(exc), delay=1) from None
 

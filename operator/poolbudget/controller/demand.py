@@ -1,6 +1,6 @@
 """Measured demand for one budget: the glue the reconcile loop calls when ``spec.rebalance.mode == "demand"``.
 
-Contract for the caller (``reconcile.py``)::
+Contract for the caller (``controller/inputs.py``)::
 
     state = DemandState()                      # one per budget, kept across reconciles
     reading = await measure_demand(spec, outcome.managed, database_url, state)
@@ -34,17 +34,32 @@ from poolbudget.adapters.prometheus import (
     RangeSeries,
     query_range,
 )
+from poolbudget.api.conditions import (
+    DATABASE_UNREACHABLE,
+    DEMAND_FAILURE_ORDER,
+    MEASURED,
+    NO_DATA,
+    NO_DATABASE_URL,
+    NO_DEPLOYMENTS,
+    PARTIAL,
+    PROMETHEUS_UNREACHABLE,
+    PROMETHEUS_URL_INVALID,
+    QUERY_FAILED,
+    QUERY_INVALID,
+    RECOVERING,
+)
 from poolbudget.api.models import PoolBudgetSpec
-from poolbudget.planning.budget import Key, Managed
+from poolbudget.api.objects import Key
+from poolbudget.planning.budget import Managed
 from poolbudget.planning.demand import (
-    Accepted,
     Bounds,
     DemandQueries,
-    Health,
+    DemandState,
     Measurement,
     QueryTemplateError,
     Shape,
     estimate,
+    held_demand,
     measure,
     measure_totals,
     observe,
@@ -56,30 +71,9 @@ from poolbudget.planning.demand import (
 )
 from poolbudget.planning.unmanaged import managed_application_name, reported_application_name
 
-__all__ = ["DemandReading", "DemandState", "measure_demand"]
+__all__ = ["DemandReading", "measure_demand"]
 
 logger = logging.getLogger(__name__)
-
-# Condition reasons, most telling first: when several sources fail, the first one here names the condition.
-MEASURED = "DemandMeasured"
-PARTIAL = "PartialData"
-RECOVERING = "Recovering"
-NO_DEPLOYMENTS = "NoDeployments"
-PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
-PROMETHEUS_URL_INVALID = "PrometheusURLInvalid"
-QUERY_FAILED = "QueryFailed"
-QUERY_INVALID = "QueryInvalid"
-DATABASE_UNREACHABLE = "DatabaseUnreachable"
-NO_DATABASE_URL = "NoDatabaseURL"
-NO_DATA = "NoData"
-_FAILURE_ORDER = (
-    PROMETHEUS_UNREACHABLE,
-    PROMETHEUS_URL_INVALID,
-    QUERY_FAILED,
-    QUERY_INVALID,
-    DATABASE_UNREACHABLE,
-    NO_DATABASE_URL,
-)
 
 # Queries in flight at once against one Prometheus: enough to be quick, few enough not to be a load.
 MAX_CONCURRENT_QUERIES = 8
@@ -100,42 +94,6 @@ class DemandReading:
     reason: str
     detail: dict[Key, str] = field(default_factory=dict)
     message: str = ""
-
-
-class DemandState:
-    """What one budget's demand measurement remembers between calls (keep one per budget).
-
-    - ``recovery_successes``: after a failure, this many consecutive good reads before demand is used again
-      (a cold start needs one), so a Prometheus that comes and goes does not flip the plan back and forth;
-    - ``hold_seconds``: a Deployment's accepted demand stays in use this long after a measurement last
-      confirmed it, so a short Prometheus outage rolls nothing; after that it falls back to its static weight.
-
-    It also keeps the accepted demand per Deployment (the deadband's reference) and, for ``pgStatActivity``,
-    the totals sampled within the window and which application names were ever seen with connections (before
-    that, a Deployment has no measurement: zero connections could mean a driver that ignores PGAPPNAME).
-    """
-
-    def __init__(self, *, recovery_successes: int = 3, hold_seconds: float = 300.0) -> None:
-        if recovery_successes < 1:
-            raise ValueError("recovery_successes must be >= 1")
-        if hold_seconds < 0:
-            raise ValueError("hold_seconds must be >= 0")
-        self.recovery_successes = recovery_successes
-        self.hold_seconds = hold_seconds
-        self.health = Health()
-        self.accepted: dict[Key, Accepted] = {}
-        self.activity: dict[Key, tuple[tuple[float, float], ...]] = {}
-        self.activity_seen: set[Key] = set()  # application names seen with connections at least once
-
-    def remember(self, demand: Mapping[Key, int], at: float) -> None:
-        """Seed accepted demand (e.g. from the budget's status after an operator restart), as of ``at``.
-
-        Without it a restarted operator measures afresh, and a small difference from what the running pods
-        were planned with could shrink a Deployment that did not need it.
-        """
-        for key, value in demand.items():
-            self.accepted[key] = Accepted(int(value), at, at)
-        self.health = Health(True, 1, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,18 +332,10 @@ async def measure_demand(
 
     demand: dict[Key, int] = {}
     for subject in running:
-        key = subject.key
-        held = state.accepted.get(key)
-        if held is None:
-            detail[key] += "; no demand: sized by its static weight"
-            continue
-        age = now - held.confirmed_at
-        if age <= state.hold_seconds or held.confirmed_at == now:
-            demand[key] = subject.bounds.clamp(held.demand)
-            if held.confirmed_at != now:
-                detail[key] += f"; holding demand {demand[key]} confirmed {age:.0f}s ago"
-        else:
-            detail[key] += f"; demand {held.demand} confirmed {age:.0f}s ago has expired: static weight"
+        held, why = held_demand(state.accepted.get(subject.key), now, state.hold_seconds, subject.bounds)
+        detail[subject.key] += why
+        if held is not None:
+            demand[subject.key] = held
 
     reason, message = _condition(state, found, running, demand)
     if not state.health.available:
@@ -415,7 +365,7 @@ def _condition(
             f"{state.health.successes} of {state.recovery_successes} consecutive good reads since metrics"
             f" failed; {fallback}"
         )
-    for reason in _FAILURE_ORDER:
+    for reason in DEMAND_FAILURE_ORDER:
         if reason in found.failures:
             return reason, f"{found.failures[reason]}; {fallback}"
     return NO_DATA, f"no data for any Deployment ({', '.join(missing)}); {fallback}"

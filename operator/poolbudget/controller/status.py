@@ -9,49 +9,26 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from poolbudget.api.conditions import (
+    CONDITION_ORDER,
+    OVERCOMMITTED,
+    READY,
+    ConditionStatus,
+    ConditionType,
+    Reason,
+)
 from poolbudget.api.models import Condition, DeploymentAllocation, PoolBudgetStatus
-from poolbudget.planning.budget import Key
+from poolbudget.api.objects import Key
+from poolbudget.observe.objects import status_of
 from poolbudget.planning.plan import BudgetPlan
 from poolbudget.planning.transitions import Wait
 
-ConditionType = Literal["Ready", "Overcommitted", "DatabaseReachable", "MetricsAvailable", "Invalid"]
-ConditionStatus = Literal["True", "False", "Unknown"]
-
-READY: ConditionType = "Ready"
-OVERCOMMITTED: ConditionType = "Overcommitted"
-DATABASE_REACHABLE: ConditionType = "DatabaseReachable"
-METRICS_AVAILABLE: ConditionType = "MetricsAvailable"
-INVALID: ConditionType = "Invalid"
-CONDITION_ORDER: tuple[ConditionType, ...] = (
-    READY,
-    OVERCOMMITTED,
-    DATABASE_REACHABLE,
-    METRICS_AVAILABLE,
-    INVALID,
-)
-
-# Waits that mean "the plan is not in force yet"; hysteresis waits are deliberate and leave the budget Ready.
 # Waits that keep the plan from being in force (hysteresis waits are deliberate: the plan is close enough).
 BLOCKING_WAITS = frozenset(
     {Wait.SHRINKS_IN_FLIGHT, Wait.NO_ROOM, Wait.GROWTH_FROZEN, Wait.NO_ROOM_TO_SHRINK, Wait.ROLLOUT_IN_FLIGHT}
 )
-
-
-class Reason:
-    """Condition reasons (CamelCase, as Kubernetes writes them)."""
-
-    BALANCED = "Balanced"
-    REBALANCING = "Rebalancing"
-    OVERCOMMITTED = "Overcommitted"
-    FITS = "Fits"
-    INVALID = "InvalidSpec"
-    VALID = "Valid"
-    CONNECTED = "Connected"
-    NOT_CONFIGURED = "NoConnectionSecret"
-    LIMITS_UNKNOWN = "LimitsUnknown"
-    STATIC = "StaticWeights"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +72,8 @@ def condition_of(conditions: Iterable[Condition], kind: ConditionType) -> Condit
 
 def stored_status(body: Mapping[str, Any]) -> PoolBudgetStatus:
     """The status as stored on the object; empty when there is none or it does not parse."""
-    raw = body.get("status")
-    if not isinstance(raw, Mapping):
-        return PoolBudgetStatus()
     try:
-        return PoolBudgetStatus.model_validate(dict(raw))
+        return PoolBudgetStatus.model_validate(dict(status_of(body)))
     except ValueError:
         return PoolBudgetStatus()
 
@@ -126,7 +100,7 @@ def ready_update(
         )
     if database_error is not None:
         return ConditionUpdate(
-            READY, "False", "DatabaseUnreachable", "planning with the last known limits; no increases"
+            READY, "False", Reason.DATABASE_UNREACHABLE, "planning with the last known limits; no increases"
         )
     count = len(plan.allocations)
     return ConditionUpdate(

@@ -13,23 +13,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from poolbudget.adapters.kubernetes import Conflict, KubernetesError, NotFound
+from poolbudget.adapters.errors import Conflict, KubernetesError, NotFound
 from poolbudget.api.models import PoolBudget
-from poolbudget.context import (
+from poolbudget.api.objects import Key, Obj
+from poolbudget.controller.state import (
     RETRY_LATER,
     RETRY_SOON,
     BudgetMemory,
     Context,
-    Obj,
     RoundResult,
     View,
-    key_of,
     latest,
     sooner,
-    version_of,
 )
-from poolbudget.delivery.envpatch import managed_by, restore_patch
-from poolbudget.planning.budget import Key
+from poolbudget.delivery.envpatch import restore_patch
+from poolbudget.observe.objects import key_of, managed_by, mapping, version_of
 from poolbudget.planning.plan import Allocation
 
 logger = logging.getLogger(__name__)
@@ -61,7 +59,7 @@ class Applied:
 
 def touches_template(patch: Mapping[str, Any]) -> bool:
     """Whether a patch changes the pod template (and so rolls the Deployment's pods)."""
-    return "template" in (patch.get("spec") or {})
+    return "template" in mapping(patch.get("spec"))
 
 
 async def apply_changes(
@@ -158,6 +156,7 @@ async def release_budget(ctx: Context, name: str, uid: str | None, view: View) -
     if result.next_round_in is not None:
         raise KubernetesError(f"PoolBudget {name}: some Deployments could not be restored yet")
     ctx.metrics.forget_budget(name)
+    ctx.forget(name, memory)  # released: nothing of the budget is kept
     return result.writes
 
 

@@ -10,17 +10,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from poolbudget.adapters.kubernetes import KubernetesError
-from poolbudget.context import BudgetMemory, Context, Obj, version_of
-from poolbudget.planning.budget import Key, Refusal
-from poolbudget.status import (
-    DATABASE_REACHABLE,
-    OVERCOMMITTED,
-    OWNED_FIELDS,
-    ConditionUpdate,
-    status_differs,
-    status_document,
-)
+from poolbudget.adapters.errors import KubernetesError
+from poolbudget.api.conditions import DATABASE_REACHABLE, OVERCOMMITTED
+from poolbudget.api.objects import Key, Obj
+from poolbudget.controller.state import BudgetMemory, Context
+from poolbudget.controller.status import OWNED_FIELDS, ConditionUpdate, status_differs, status_document
+from poolbudget.observe.objects import status_of, version_of
+from poolbudget.planning.budget import Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +24,7 @@ logger = logging.getLogger(__name__)
 async def write_status(ctx: Context, memory: BudgetMemory, body: Obj, status: Any) -> int:
     """Write the status if it differs from the stored one (and from our own write the watch has not shown yet)."""
     document = status_document(status)
-    stored = body.get("status") if isinstance(body.get("status"), Mapping) else {}
+    stored = status_of(body)
     if not status_differs(stored, document):
         memory.own_status = None
         return 0

@@ -10,13 +10,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from poolbudget.adapters.kubernetes import SecretError
-from poolbudget.api.models import PoolBudget
-from poolbudget.context import BudgetMemory, Context
-from poolbudget.planning.budget import BudgetOutcome, Key
-from poolbudget.planning.limits import DatabaseLimits
+from poolbudget.adapters.errors import SecretError
+from poolbudget.adapters.postgres import DatabaseAuthFailed, DatabaseError, read_client_backends, redact_url
+from poolbudget.adapters.postgres import read_limits as read_database_limits
+from poolbudget.api.conditions import DATABASE_REACHABLE, METRICS_AVAILABLE, Reason
+from poolbudget.api.limits import DatabaseLimits
+from poolbudget.api.models import DatabaseSpec, PoolBudget
+from poolbudget.api.objects import Key
+from poolbudget.controller.demand import measure_demand
+from poolbudget.controller.state import BudgetMemory, Context
+from poolbudget.controller.status import ConditionUpdate
+from poolbudget.planning.budget import BudgetOutcome
+from poolbudget.planning.demand import DemandState
 from poolbudget.planning.unmanaged import unmanaged_connections
-from poolbudget.status import DATABASE_REACHABLE, METRICS_AVAILABLE, ConditionUpdate, Reason
 
 logger = logging.getLogger(__name__)
 
@@ -35,28 +41,10 @@ async def read_limits(
     ctx: Context, memory: BudgetMemory, budget: PoolBudget, application_names: set[str]
 ) -> LimitsView:
     """The limits to plan with: the database's (re-read every refreshSeconds), else the last known, else spec."""
-    from poolbudget.adapters.postgres import (
-        DatabaseAuthFailed,
-        DatabaseError,
-        read_client_backends,
-        redact_url,
-    )
-    from poolbudget.adapters.postgres import read_limits as read_database_limits
-
     database = budget.spec.database
-    declared = DatabaseLimits(database.max_connections, source="spec") if database.max_connections else None
     ref = database.connection_secret_ref
     if ref is None:
-        return LimitsView(
-            declared,
-            ConditionUpdate(
-                DATABASE_REACHABLE,
-                "Unknown",
-                Reason.NOT_CONFIGURED,
-                "no spec.database.connectionSecretRef: planning for spec.database.maxConnections",
-            ),
-            allow_growth=True,
-        )
+        return limits_view(database, memory)
     now = ctx.monotonic()
     if memory.limits_read_at is None or now - memory.limits_read_at >= database.refresh_seconds:
         memory.limits_read_at = now
@@ -74,14 +62,33 @@ async def read_limits(
             memory.database_reason = f"limits read from {redact_url(url)}"
         except SecretError as exc:
             memory.database_url = None
-            memory.database_error, memory.database_reason = str(exc), "SecretUnavailable"
+            memory.database_error, memory.database_reason = str(exc), Reason.SECRET_UNAVAILABLE
         except DatabaseAuthFailed as exc:
-            memory.database_error, memory.database_reason = str(exc), "AuthenticationFailed"
+            memory.database_error, memory.database_reason = str(exc), Reason.AUTHENTICATION_FAILED
         except DatabaseError as exc:
-            memory.database_error, memory.database_reason = str(exc), "Unreachable"
+            memory.database_error, memory.database_reason = str(exc), Reason.UNREACHABLE
         if memory.database_error is not None:
-            ctx.metrics.database_errors.labels(budget.name).inc()
+            ctx.metrics.count_database_error(budget.name)
             logger.warning("PoolBudget %s: %s", budget.name, memory.database_error)
+    return limits_view(database, memory)
+
+
+def limits_view(database: DatabaseSpec, memory: BudgetMemory) -> LimitsView:
+    """What the last reads (kept in ``memory``) mean for this round: the limits, the condition, whether growth
+    may go. Without a connection Secret, the declared maxConnections; when the database did not answer, the last
+    known limits (else the declared ones), and only decreases."""
+    declared = DatabaseLimits(database.max_connections, source="spec") if database.max_connections else None
+    if database.connection_secret_ref is None:
+        return LimitsView(
+            declared,
+            ConditionUpdate(
+                DATABASE_REACHABLE,
+                "Unknown",
+                Reason.NOT_CONFIGURED,
+                "no spec.database.connectionSecretRef: planning for spec.database.maxConnections",
+            ),
+            allow_growth=True,
+        )
     if memory.database_error is None and memory.limits is not None:
         return LimitsView(
             memory.limits,
@@ -102,7 +109,7 @@ async def read_limits(
         ConditionUpdate(
             DATABASE_REACHABLE,
             "False",
-            memory.database_reason or "Unreachable",
+            memory.database_reason or Reason.UNREACHABLE,
             f"{memory.database_error}; planning with {kept}; only decreases until it answers",
         ),
         allow_growth=False,
@@ -127,8 +134,6 @@ async def read_demand(
     due = memory.demand_read_at is None or now - memory.demand_read_at >= budget.spec.database.refresh_seconds
     if due or memory.demand_update is None:
         memory.demand_read_at = now
-        from poolbudget.demand import DemandState, measure_demand
-
         if memory.demand_state is None:
             memory.demand_state = DemandState()
         reading = await measure_demand(budget.spec, outcome.managed, memory.database_url, memory.demand_state)
@@ -142,5 +147,5 @@ async def read_demand(
             reading.message or reading.reason,
         )
         if not reading.available:
-            ctx.metrics.prometheus_errors.labels(budget.name).inc()
+            ctx.metrics.count_prometheus_error(budget.name)
     return memory.demand, memory.demand_update, memory.demand_detail

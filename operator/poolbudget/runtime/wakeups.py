@@ -6,14 +6,15 @@ can be tested without it: ``handlers`` feeds them kopf's events and carries out 
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
+from poolbudget.api.annotations import ANNOTATION_PREFIX
+from poolbudget.api.objects import Key, Obj
 from poolbudget.api.workloads import budget_of
-from poolbudget.context import Context, Obj
-from poolbudget.delivery.envpatch import managed_by
-from poolbudget.planning.budget import Key
+from poolbudget.controller.state import Context
+from poolbudget.observe.objects import annotations_of, budgets_of, managed_by, metadata_of, status_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +29,9 @@ class DeploymentNews:
 
 def deployment_signature(deployment: Obj) -> tuple[Any, ...]:
     """What of a Deployment can change a plan: its spec (generation) and poolbudget's annotations."""
-    metadata = deployment.get("metadata") or {}
-    annotations: Mapping[str, str] = metadata.get("annotations") or {}
-    ours = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith("poolbudget.io/")))
-    return metadata.get("generation"), ours
+    annotations = annotations_of(deployment)
+    ours = tuple(sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)))
+    return metadata_of(deployment).get("generation"), ours
 
 
 @dataclass
@@ -51,9 +51,8 @@ class WatchMemory:
         """A Deployment was added, modified or deleted: wake the budgets it names now or named before when
         something that matters changed; warn once when it names a budget that does not exist; release it when the
         budget whose settings it carries is gone (``budgets``: the names of those that exist)."""
-        annotations = dict((deployment.get("metadata") or {}).get("annotations") or {})
-        wanted, owner = budget_of(annotations), managed_by(deployment)
-        now = {n for n in (wanted, owner) if n}
+        wanted, owner = budget_of(annotations_of(deployment)), managed_by(deployment)
+        now = set(budgets_of(deployment))
         concerned = now | self.last_budgets.pop(key, set())
         if now and event_type != "DELETED":
             self.last_budgets[key] = now
@@ -83,9 +82,9 @@ class WatchMemory:
 
     def hpa_event(self, event_type: str, hpa: Obj) -> bool:
         """Whether an HPA's event is news: its bounds (or, for sizing by currentReplicas, its replicas) changed."""
-        metadata = hpa.get("metadata") or {}
+        metadata = metadata_of(hpa)
         key = ("hpa/" + (metadata.get("namespace") or ""), metadata.get("name") or "")
-        signature = (metadata.get("generation"), (hpa.get("status") or {}).get("currentReplicas"))
+        signature = (metadata.get("generation"), status_of(hpa).get("currentReplicas"))
         if event_type == "DELETED":
             self.signatures.pop(key, None)
         elif self.signatures.get(key) == signature:

@@ -6,32 +6,30 @@ Pure: the round passes in the raw objects and the pods' facts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
+from poolbudget.api.annotations import STAMP_CONNECTIONS
 from poolbudget.api.models import SizingSpec
-from poolbudget.delivery.envpatch import STAMP_CONNECTIONS
-from poolbudget.observe import PodFacts
+from poolbudget.api.objects import Obj
+from poolbudget.observe.objects import annotations_of, mapping, spec_of, stamp_of, status_of, template_of
+from poolbudget.observe.pods import PodFacts
 from poolbudget.planning.budget import Refusal
-from poolbudget.planning.sizing import peak_pods
-
-Obj = Mapping[str, Any]
+from poolbudget.planning.sizing import hpa_replicas, peak_pods
 
 
 def template_stamp(deployment: Obj) -> int | None:
     """Connections per pod the pod template's stamp declares (what poolbudget last wrote), if any."""
-    template = (deployment.get("spec") or {}).get("template") or {}
-    raw = str(((template.get("metadata") or {}).get("annotations") or {}).get(STAMP_CONNECTIONS, ""))
-    return int(raw) if raw.isdigit() else None
+    return stamp_of(annotations_of(template_of(deployment)), STAMP_CONNECTIONS)
 
 
 def raw_peak_pods(deployment: Obj, hpa_replicas: int | None, sizing: SizingSpec) -> int:
     """The most pods a Deployment can run at once, read from the object as it is (it may not parse: that can
     be why it was refused), with the same rule as the plan's; a maxSurge that does not parse counts as 25%."""
-    spec = deployment.get("spec") or {}
+    spec = spec_of(deployment)
     replicas = spec.get("replicas")
-    strategy = spec.get("strategy") or {}
-    max_surge = (strategy.get("rollingUpdate") or {}).get("maxSurge")
+    strategy = mapping(spec.get("strategy"))
+    max_surge = mapping(strategy.get("rollingUpdate")).get("maxSurge")
     if not isinstance(max_surge, int | str) or isinstance(max_surge, bool):
         max_surge = None
     arguments = (
@@ -45,15 +43,17 @@ def raw_peak_pods(deployment: Obj, hpa_replicas: int | None, sizing: SizingSpec)
     return pods
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def replicas_from_hpa(hpas: Iterable[Obj], mode: str) -> int | None:
-    """The replicas an HPA targeting the Deployment sizes it for (as ``manage`` reads it), if one does."""
+    """The replicas an HPA targeting the Deployment sizes it for (the rule ``manage`` uses), if one does."""
     for hpa in hpas:
-        if mode == "maxReplicas":
-            value = (hpa.get("spec") or {}).get("maxReplicas")
-        else:
-            value = (hpa.get("status") or {}).get("currentReplicas")
-        if isinstance(value, int) and value >= 0:
-            return value
+        max_replicas = _count(spec_of(hpa).get("maxReplicas"))
+        replicas = hpa_replicas(mode, max_replicas, _count(status_of(hpa).get("currentReplicas")))
+        if replicas is not None:
+            return replicas
     return None
 
 

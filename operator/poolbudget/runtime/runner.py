@@ -11,18 +11,17 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import kopf
 
 from poolbudget import __version__
 from poolbudget.adapters.kubernetes import Cluster
-from poolbudget.context import Context
-from poolbudget.metrics import DEFAULT_PORT, OperatorMetrics
-from poolbudget.wakeups import WatchMemory
+from poolbudget.controller.state import Context
+from poolbudget.runtime.handlers import registry
+from poolbudget.runtime.memo import DEFAULT_PEERING_LIFETIME, KopfEvents, Runtime
+from poolbudget.runtime.metrics import DEFAULT_PORT, OperatorMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -30,33 +29,7 @@ NAMESPACE_ENV = "POOLBUDGET_NAMESPACE"
 METRICS_PORT_ENV = "POOLBUDGET_METRICS_PORT"
 PRIORITY_ENV = "POOLBUDGET_PEERING_PRIORITY"
 LIFETIME_ENV = "POOLBUDGET_PEERING_LIFETIME"
-DEFAULT_PEERING_LIFETIME = 60  # kopf's own default, in seconds
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-class KopfEvents:
-    """Kubernetes Events through kopf's poster (posted in the background, never blocking a round)."""
-
-    def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
-        kopf.event(obj, type="Normal", reason=reason, message=message[:1024])  # type: ignore[arg-type]
-
-    def warning(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
-        kopf.event(obj, type="Warning", reason=reason, message=message[:1024])  # type: ignore[arg-type]
-
-
-@dataclass
-class Runtime:
-    """Everything the handlers share in one operator process (kept in kopf's memo)."""
-
-    cluster: Cluster
-    context: Context
-    standalone: bool
-    priority: int
-    peering_lifetime: int = DEFAULT_PEERING_LIFETIME  # seconds a peer's record holds the others back
-    watch: WatchMemory = field(default_factory=WatchMemory)  # what the event handlers saw
-
-    def close(self) -> None:
-        self.cluster.close()
 
 
 def operator_namespace() -> str:
@@ -115,8 +88,6 @@ def run_operator(
     if not verbose:
         # kopf logs every handler call at INFO ("Handler 'pod_changed' succeeded."): one per pod event.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    from poolbudget.handlers import registry
-
     metrics = OperatorMetrics()
     port = metrics_port if metrics_port is not None else int(os.environ.get(METRICS_PORT_ENV, DEFAULT_PORT))
     if port > 0:
