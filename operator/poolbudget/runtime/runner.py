@@ -19,6 +19,7 @@ import kopf
 from poolbudget import __version__
 from poolbudget.adapters.kubernetes import Cluster
 from poolbudget.controller.state import Context
+from poolbudget.runtime import index_readiness
 from poolbudget.runtime.handlers import registry
 from poolbudget.runtime.memo import DEFAULT_PEERING_LIFETIME, KopfEvents, Runtime
 from poolbudget.runtime.metrics import DEFAULT_PORT, OperatorMetrics
@@ -99,6 +100,7 @@ def run_operator(
         "namespaces " + ", ".join(namespaces) if namespaces else "cluster-wide",
         "standalone" if standalone else f"peering {runtime.priority}, lifetime {runtime.peering_lifetime} s",
     )
+    index_readiness.install()  # kopf's own startup gate is cubic in the objects: thousands of pods stall it
     kopf.run(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
