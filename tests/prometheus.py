@@ -14,11 +14,13 @@ timeout and fails with the server's log tail.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -118,12 +120,26 @@ class PrometheusServer:
     targets: list[PodExporter] = field(default_factory=list)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="poolbudget-prometheus-")))
     port: int = 0
+    # Prometheus' own --web.config.file (tls_server_config, basic_auth_users), and what this harness's requests
+    # need to pass it: the CA of the server's certificate and the user and password.
+    web_config: dict[str, Any] | None = None
+    ca_file: Path | None = None
+    basic_auth: tuple[str, str] | None = None
     _process: subprocess.Popen[bytes] | None = None
     _log: Any = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if (self.web_config or {}).get("tls_server_config") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def _get(self, path: str, timeout: float) -> Any:
+        request = urllib.request.Request(self.url + path)
+        if self.basic_auth is not None:
+            token = base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     @property
     def config_file(self) -> Path:
@@ -174,6 +190,7 @@ class PrometheusServer:
                     f"--storage.tsdb.path={self.root / 'data'}",
                     f"--web.listen-address=127.0.0.1:{self.port}",
                     "--log.level=warn",
+                    *self._web_config_args(),
                 ],
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -188,6 +205,13 @@ class PrometheusServer:
                 self.stop()
         raise PrometheusServerError(failure)
 
+    def _web_config_args(self) -> list[str]:
+        if self.web_config is None:
+            return []
+        path = self.root / "web.yml"
+        path.write_text(json.dumps(self.web_config))  # JSON is YAML
+        return [f"--web.config.file={path}"]
+
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Poll ``/-/ready`` until it answers 200, the process exits, or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
@@ -196,7 +220,7 @@ class PrometheusServer:
                 raise PrometheusServerError(f"prometheus exited at start:\n{self.log_tail()}")
             with (
                 contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0) as answer,
+                self._get("/-/ready", timeout=1.0) as answer,
             ):
                 if answer.status == 200:
                     return
@@ -236,8 +260,7 @@ class PrometheusServer:
 
     def query(self, promql: str, timeout: float = 5.0) -> list[dict[str, Any]]:
         """An instant query straight over HTTP (the fixture does not depend on the code under test)."""
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
+        with self._get("/api/v1/query?" + urllib.parse.urlencode({"query": promql}), timeout) as answer:
             body: dict[str, Any] = json.loads(answer.read())
         result: list[dict[str, Any]] = body["data"]["result"]
         return result

@@ -1,7 +1,8 @@
 """Run PromQL against a Prometheus server through prometheus-api-client, without blocking the event loop.
 
-Facts only: this module knows nothing of budgets, demand or plans. Each call builds a
-``PrometheusConnect(url, disable_ssl=True)``, runs one query in a worker thread (``asyncio.to_thread``), bounds
+Facts only: this module knows nothing of budgets, demand or plans. Each call builds a ``PrometheusConnect``
+that verifies the server's certificate (against a given CA bundle, else the system's; :class:`PrometheusAccess`
+also carries a bearer token or basic auth and extra headers), runs one query in a worker thread (``asyncio.to_thread``), bounds
 it with ``timeout`` (the HTTP request's own timeout, and an asyncio backstop a little later) and turns every
 failure into a typed :class:`PrometheusError` whose message names the server without its credentials.
 Retries are off: the caller measures again on its next round, and a down server should fail in milliseconds,
@@ -13,17 +14,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import requests.adapters
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 __all__ = [
+    "PrometheusAccess",
     "PrometheusError",
     "PrometheusQueryFailed",
     "PrometheusURLInvalid",
@@ -87,7 +91,37 @@ def _safe_port(parts: urllib.parse.SplitResult) -> int | None:
         return None
 
 
-def _client(url: str, timeout: float) -> PrometheusConnect:
+@dataclass(frozen=True, slots=True)
+class PrometheusAccess:
+    """How to reach one Prometheus, as plain values (the caller reads them from Secrets). ``repr`` hides secrets."""
+
+    ca_pem: str | None = None  # PEM CA bundle the server's certificate must chain to; None: the system's CAs
+    verify: bool = True
+    bearer_token: str | None = None
+    basic_auth: tuple[str, str] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"PrometheusAccess(ca={'given' if self.ca_pem else 'system'}, verify={self.verify}, "
+            f"bearer={'***' if self.bearer_token else None}, basic={'***' if self.basic_auth else None}, "
+            f"headers={[name for name, _ in self.headers]})"
+        )
+
+
+class _TrustingAdapter(requests.adapters.HTTPAdapter):
+    """HTTPS that verifies against a CA bundle held in memory (no file: the pod's root filesystem is read-only)."""
+
+    def __init__(self, ca_pem: str, retry: Retry) -> None:
+        self._context = ssl.create_default_context(cadata=ca_pem)
+        super().__init__(max_retries=retry)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _client(url: str, timeout: float, access: PrometheusAccess) -> PrometheusConnect:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PrometheusURLInvalid(
@@ -99,14 +133,35 @@ def _client(url: str, timeout: float) -> PrometheusConnect:
     if parts.username is not None:
         # Credentials travel as basic auth, never as part of a URL that could end up in a message.
         auth = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+    if access.basic_auth is not None:
+        auth = access.basic_auth
+    headers = dict(access.headers)
+    if access.bearer_token is not None:
+        headers["Authorization"] = f"Bearer {access.bearer_token}"
     base = redact_prometheus_url(url).rstrip("/")
-    return PrometheusConnect(
+    retry = Retry(total=0, connect=0, read=0, redirect=0, status=0, raise_on_status=False)
+    session = requests.Session()
+    session.verify = access.verify  # PrometheusConnect sets it only on a session of its own
+    client = PrometheusConnect(
         base,
-        disable_ssl=True,
+        headers=headers or None,
+        disable_ssl=not access.verify,
+        session=session,
         auth=auth,
-        retry=Retry(total=0, connect=0, read=0, redirect=0, status=0, raise_on_status=False),
+        retry=retry,
         timeout=max(1, round(timeout)),
     )
+    if access.ca_pem is not None:
+        try:
+            # Mounted after the client's own adapter for this URL, so this one serves it.
+            session.mount(client.url, _TrustingAdapter(access.ca_pem, retry))
+        except (ssl.SSLError, ValueError) as exc:
+            raise PrometheusURLInvalid(
+                f"the CA bundle for Prometheus at {base} is not PEM certificates: {exc}",
+                url=base,
+                reason="CA bundle unusable",
+            ) from None
+    return client
 
 
 def _translate(exc: BaseException, url: str, what: str) -> PrometheusError:
@@ -124,6 +179,14 @@ def _translate(exc: BaseException, url: str, what: str) -> PrometheusError:
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         reason = "invalid URL"
         return PrometheusURLInvalid(f"Prometheus URL {where!r} is invalid", url=where, reason=reason)
+    if isinstance(exc, requests.exceptions.SSLError):
+        reason = "TLS verification failed: " + _ssl_reason(exc)
+        return PrometheusUnreachable(
+            f"cannot reach Prometheus at {where}: {reason} (set metrics.prometheus.caSecretRef to the CA that "
+            "signed its certificate)",
+            url=where,
+            reason=reason,
+        )
     if isinstance(exc, requests.exceptions.ConnectionError):
         reason = "connection failed"
         return PrometheusUnreachable(
@@ -134,6 +197,12 @@ def _translate(exc: BaseException, url: str, what: str) -> PrometheusError:
         return PrometheusQueryFailed(f"Prometheus at {where}: {reason}", url=where, reason=reason)
     reason = f"{type(exc).__name__}"
     return PrometheusUnreachable(f"Prometheus at {where} failed: {reason}", url=where, reason=reason)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """The OpenSSL verdict (``certificate verify failed: self-signed certificate``) out of requests' nesting."""
+    match = re.search(r"\[SSL: [A-Z_]+\] ([^(]+?)(?: \(_ssl|'\)|\)|$)", str(exc))
+    return match.group(1).strip()[:_MAX_REASON] if match else "certificate not trusted"
 
 
 def _server_error(body: str) -> str:
@@ -173,6 +242,7 @@ async def query_range(
     end: float,
     step: float,
     timeout: float = 10.0,  # noqa: ASYNC109
+    access: PrometheusAccess = PrometheusAccess(),
 ) -> list[RangeSeries]:
     """Evaluate ``promql`` at ``start, start + step, ... <= end`` (unix seconds); one entry per series.
 
@@ -181,7 +251,7 @@ async def query_range(
     """
 
     def call() -> list[RangeSeries]:
-        client = _client(url, timeout)
+        client = _client(url, timeout, access)
         result = client.custom_query_range(
             promql,
             start_time=datetime.fromtimestamp(start, UTC),
@@ -201,6 +271,7 @@ async def query(
     *,
     at: float | None = None,
     timeout: float = 10.0,  # noqa: ASYNC109
+    access: PrometheusAccess = PrometheusAccess(),
 ) -> list[RangeSeries]:
     """Evaluate ``promql`` at one instant (``at``, unix seconds; now when None): one single-point series each.
 
@@ -208,7 +279,7 @@ async def query(
     """
 
     def call() -> list[RangeSeries]:
-        client = _client(url, timeout)
+        client = _client(url, timeout, access)
         params = {"time": f"{at:.3f}"} if at is not None else None
         result = client.custom_query(promql, params=params, timeout=timeout)
         out = []

@@ -209,8 +209,60 @@ class RebalanceSpec(Model):
     )
 
 
+class SecretItemRef(Model):
+    name: str = Field(min_length=1, description="Name of the Secret.")
+    namespace: str | None = Field(
+        None, description="Namespace of the Secret; defaults to the operator's own."
+    )
+    key: str = Field(min_length=1, description="Key in the Secret.")
+
+
+class BasicAuthSecretRef(Model):
+    name: str = Field(min_length=1, description="Name of the Secret with the user name and password.")
+    namespace: str | None = Field(
+        None, description="Namespace of the Secret; defaults to the operator's own."
+    )
+    username_key: str = Field("username", min_length=1, description="Key of the user name.")
+    password_key: str = Field("password", min_length=1, description="Key of the password.")
+
+
+class PrometheusAccessSpec(Model):
+    """How to reach Prometheus: certificates are verified (by default against the system CAs)."""
+
+    ca_secret_ref: SecretItemRef | None = Field(
+        None, description="PEM CA bundle to verify the server's certificate against (e.g. key ca.crt)."
+    )
+    insecure_skip_verify: bool = Field(
+        False, description="Do not verify the server's certificate (for tests only: anyone can answer)."
+    )
+    bearer_token_secret_ref: SecretItemRef | None = Field(
+        None, description="A token sent as 'Authorization: Bearer ...' (e.g. key token)."
+    )
+    basic_auth_secret_ref: BasicAuthSecretRef | None = Field(None, description="HTTP basic auth credentials.")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra HTTP headers, not secret (e.g. X-Scope-OrgID for a multi-tenant back end).",
+    )
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> PrometheusAccessSpec:
+        if self.bearer_token_secret_ref is not None and self.basic_auth_secret_ref is not None:
+            raise ValueError("set bearerTokenSecretRef or basicAuthSecretRef, not both")
+        if self.insecure_skip_verify and self.ca_secret_ref is not None:
+            raise ValueError("caSecretRef and insecureSkipVerify contradict each other")
+        for header in self.headers:
+            if header.lower() in ("authorization", "proxy-authorization"):
+                raise ValueError(
+                    f"headers: {header} is a credential: use bearerTokenSecretRef or basicAuthSecretRef"
+                )
+        return self
+
+
 class MetricsSpec(Model):
     prometheus_url: str | None = Field(None, description="Prometheus to read demand from (demand mode).")
+    prometheus: PrometheusAccessSpec = Field(
+        default_factory=PrometheusAccessSpec, description="TLS, credentials and headers for prometheusUrl."
+    )
     window: str = Field("5m", description="Range over which demand is measured, e.g. 5m.")
     quantile: float = Field(0.95, gt=0, le=1, description="Quantile of in-use connections taken as demand.")
     query: str | None = Field(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from poolbudget.adapters.postgres import DatabaseError, read_client_backends
 from poolbudget.adapters.prometheus import (
+    PrometheusAccess,
     PrometheusError,
     PrometheusQueryFailed,
     PrometheusURLInvalid,
@@ -151,6 +152,7 @@ def _failure_reason(error: PrometheusError) -> str:
 
 async def _query_pair(
     url: str,
+    access: PrometheusAccess,
     queries: DemandQueries,
     start: float,
     end: float,
@@ -160,14 +162,14 @@ async def _query_pair(
 ) -> tuple[list[RangeSeries], list[RangeSeries]]:
     async with gate:
         in_use = await query_range(
-            url, queries.in_use, start=start, end=end, step=step, timeout=query_timeout
+            url, queries.in_use, start=start, end=end, step=step, timeout=query_timeout, access=access
         )
     if not queries.pending or not in_use:
         return in_use, []
     async with gate:
         try:
             pending = await query_range(
-                url, queries.pending, start=start, end=end, step=step, timeout=query_timeout
+                url, queries.pending, start=start, end=end, step=step, timeout=query_timeout, access=access
             )
         except PrometheusQueryFailed:
             pending = []  # the waiting signal is a refinement: a bad one must not cost the in-use one
@@ -175,7 +177,13 @@ async def _query_pair(
 
 
 async def _from_prometheus(
-    url: str, subjects: list[_Subject], spec: PoolBudgetSpec, end: float, query_timeout: float, found: _Round
+    url: str,
+    access: PrometheusAccess,
+    subjects: list[_Subject],
+    spec: PoolBudgetSpec,
+    end: float,
+    query_timeout: float,
+    found: _Round,
 ) -> None:
     window = spec.metrics.window
     start, step = end - window_seconds(window), range_step(window)
@@ -194,7 +202,7 @@ async def _from_prometheus(
             continue
         sources[subject.key] = queries.source
         tasks[subject.key] = asyncio.create_task(
-            _query_pair(url, queries, start, end, step, query_timeout, gate)
+            _query_pair(url, access, queries, start, end, step, query_timeout, gate)
         )
     if not tasks:
         return
@@ -278,6 +286,7 @@ async def measure_demand(
     *,
     now: float | None = None,
     timeout: float = 10.0,  # noqa: ASYNC109  (seconds per query; part of the contract)
+    prometheus: PrometheusAccess = PrometheusAccess(),  # noqa: B008  (frozen: one shared default is safe)
 ) -> DemandReading:
     """Measure the per-process demand of every managed Deployment of one budget.
 
@@ -285,7 +294,8 @@ async def measure_demand(
     ``poolbudget.io/demand-query``, else ``spec.metrics.query``, else its profile's default), and/or
     ``pg_stat_activity`` through ``database_url`` when ``spec.metrics.pgStatActivity`` is true. ``state`` carries
     the hysteresis and the recovery counter across calls; without it every call stands alone. ``now`` (unix
-    seconds) is for tests; ``timeout`` bounds each query (and twice it, plus a second, the whole Prometheus read).
+    seconds) is for tests; ``timeout`` bounds each query (and twice it, plus a second, the whole Prometheus read);
+    ``prometheus`` says how to reach it (CA, credentials, headers: read from Secrets by the caller).
     """
     state = state if state is not None else DemandState()
     now = time.time() if now is None else now
@@ -301,7 +311,7 @@ async def measure_demand(
 
     found = _Round()
     if spec.metrics.prometheus_url:
-        await _from_prometheus(spec.metrics.prometheus_url, running, spec, now, timeout, found)
+        await _from_prometheus(spec.metrics.prometheus_url, prometheus, running, spec, now, timeout, found)
     if spec.metrics.pg_stat_activity:
         await _from_pg_stat_activity(database_url, running, spec, state, now, timeout, found)
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from poolbudget.adapters.errors import SecretError
 from poolbudget.adapters.postgres import DatabaseAuthFailed, DatabaseError, read_client_backends, redact_url
 from poolbudget.adapters.postgres import read_limits as read_database_limits
+from poolbudget.adapters.prometheus import PrometheusAccess
 from poolbudget.api.conditions import DATABASE_REACHABLE, METRICS_AVAILABLE, Reason
 from poolbudget.api.limits import DatabaseLimits
-from poolbudget.api.models import DatabaseSpec, PoolBudget
+from poolbudget.api.models import DatabaseSpec, PoolBudget, PrometheusAccessSpec
 from poolbudget.api.objects import Key
 from poolbudget.controller.demand import measure_demand
 from poolbudget.controller.state import BudgetMemory, Context
@@ -117,6 +118,31 @@ def limits_view(database: DatabaseSpec, memory: BudgetMemory) -> LimitsView:
     )
 
 
+async def prometheus_access(ctx: Context, spec: PrometheusAccessSpec) -> PrometheusAccess:
+    """The CA bundle, credentials and headers for Prometheus, read from the Secrets ``spec`` names."""
+
+    async def read(namespace: str | None, name: str, key: str) -> str:
+        return await ctx.cluster.read_secret_value(namespace or ctx.operator_namespace, name, key)
+
+    ca = spec.ca_secret_ref
+    token = spec.bearer_token_secret_ref
+    basic = spec.basic_auth_secret_ref
+    return PrometheusAccess(
+        ca_pem=await read(ca.namespace, ca.name, ca.key) if ca else None,
+        verify=not spec.insecure_skip_verify,
+        bearer_token=(await read(token.namespace, token.name, token.key)).strip() if token else None,
+        basic_auth=(
+            (
+                await read(basic.namespace, basic.name, basic.username_key),
+                await read(basic.namespace, basic.name, basic.password_key),
+            )
+            if basic
+            else None
+        ),
+        headers=tuple(sorted(spec.headers.items())),
+    )
+
+
 async def read_demand(
     ctx: Context, memory: BudgetMemory, budget: PoolBudget, outcome: BudgetOutcome
 ) -> tuple[dict[Key, int], ConditionUpdate, dict[Key, str]]:
@@ -136,7 +162,21 @@ async def read_demand(
         memory.demand_read_at = now
         if memory.demand_state is None:
             memory.demand_state = DemandState()
-        reading = await measure_demand(budget.spec, outcome.managed, memory.database_url, memory.demand_state)
+        try:
+            access = await prometheus_access(ctx, budget.spec.metrics.prometheus)
+        except SecretError as exc:
+            # Without its credentials the reading would fail on every query: say why once, as an outage would.
+            memory.demand_update = ConditionUpdate(
+                METRICS_AVAILABLE,
+                "False",
+                Reason.SECRET_UNAVAILABLE,
+                f"Prometheus access: {exc}; static weights",
+            )
+            ctx.metrics.count_prometheus_error(budget.name)
+            return {}, memory.demand_update, {}
+        reading = await measure_demand(
+            budget.spec, outcome.managed, memory.database_url, memory.demand_state, prometheus=access
+        )
         memory.demand = dict(reading.demand)
         memory.demand_detail = dict(reading.detail)
         # The message already says what is used meanwhile: static weights, or demand held through a short outage.
