@@ -10,58 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.helm import CHART, Helm
+from tests.helm import Helm
 from tests.helm import helm_fixture as helm_fixture  # the `helm` fixture
 from tests.kube.fixtures import KubeCluster, wait_for
-from tests.kube.operator import condition, operator_on, template_env
+from tests.kube.operator import condition, template_env
+from tests.kube.release import SERVICE_ACCOUNT, Release
 from tests.operator_harness import FAST, budget_manifest, deployment_manifest
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(300)]
-
-SERVICE_ACCOUNT = "poolbudget"  # the chart's fullname for release "poolbudget"
-
-
-class Release:
-    """One helm release of the chart in the cluster (helm talks to it with the admin kubeconfig)."""
-
-    def __init__(self, helm: Helm, kube: KubeCluster, namespace: str) -> None:
-        self.helm, self.kube, self.namespace = helm, kube, namespace
-        self.user = f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"
-
-    def run(self, verb: str, *values: str) -> str:
-        # The CRDs were installed from crds/ by the session fixture: the chart must not fight over them here.
-        args = [verb, "poolbudget", str(CHART), "-n", self.namespace, "--kubeconfig", str(self.kube.kubeconfig),
-                "--set", "crds.create=false", "--wait=false", *values]  # fmt: skip
-        return self.helm.run(*args).stdout
-
-    def operator_args(self) -> list[str]:
-        """The arguments the chart gives `poolbudget run` (its own liveness address aside)."""
-        deployment = self.kube.get("deployment", SERVICE_ACCOUNT, self.namespace) or {}
-        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        return [a for a in args if not a.startswith("--liveness") and a != "--standalone"]
-
-    def kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig as the chart's ServiceAccount, with the operator's namespace as the context's (where kopf
-        posts the PoolBudget's events, as in the pod)."""
-        made = self.kube.service_account_kubeconfig(self.namespace, SERVICE_ACCOUNT, path)
-        config = yaml.safe_load(made.read_text())
-        config["contexts"][0]["context"]["namespace"] = self.namespace
-        made.write_text(yaml.safe_dump(config))
-        return made
-
-    def can(self, verb: str, resource: str, namespace: str | None) -> bool:
-        args = ["auth", "can-i", verb, resource, "--as", self.user] + (["-n", namespace] if namespace else [])
-        return str(self.kube.kubectl(*args, check=False).stdout.strip()) == "yes"
-
-    def forbidden(self, since: int) -> list[tuple[str, str, str]]:
-        """Requests of the ServiceAccount the server refused with 403 (reads and writes alike)."""
-        return [
-            (r.verb, r.resource, r.namespace)
-            for r in self.kube.audit.requests(since, user=self.user)
-            if r.code == 403
-        ]
 
 
 @pytest.fixture
@@ -92,11 +49,7 @@ def test_the_operator_works_with_exactly_the_charts_rights(
         budget_manifest(budget_name, 60, rebalance=FAST), deployment_manifest("web", apps, budget=budget_name)
     )
     mark = kube.audit.mark()
-    kubeconfig = release.kubeconfig(tmp_path / "sa.kubeconfig")
-    env = {"POOLBUDGET_NAMESPACE": release.namespace}
-    with operator_on(
-        kube, tmp_path, kubeconfig=kubeconfig, env=env, args=release.operator_args()
-    ) as operator:
+    with release.operator(tmp_path) as operator:
         wait_for(lambda: sized(kube, "web", apps) and condition(kube, budget_name, "Ready").get("status") == "True",
                  timeout=90, message=lambda: f"sized with the chart's rights\n{operator.log()}")  # fmt: skip
         kube.kubectl("scale", "deployment/web", "-n", apps, "--replicas=4")
@@ -114,7 +67,15 @@ def test_the_operator_works_with_exactly_the_charts_rights(
     assert not release.can("get", "secrets", apps)
     assert not release.can("create", "pods", apps)
     assert not release.can("update", "clusterroles", None)
-    denied = kube.kubectl("delete", "deployment", "web", "-n", apps, kubeconfig=kubeconfig, check=False)
+    denied = kube.kubectl(
+        "delete",
+        "deployment",
+        "web",
+        "-n",
+        apps,
+        kubeconfig=tmp_path / f"{release.namespace}.kubeconfig",
+        check=False,
+    )
     assert denied.returncode != 0
     assert "Forbidden" in denied.stderr, denied.stderr
     assert "cannot delete resource" in denied.stderr, denied.stderr
@@ -150,11 +111,7 @@ def test_namespaced_mode_is_denied_outside_its_namespaces(
     assert not release.can("list", "deployments", None)  # no cluster-wide Deployment access at all
 
     mark = kube.audit.mark()
-    kubeconfig = release.kubeconfig(tmp_path / "sa.kubeconfig")
-    env = {"POOLBUDGET_NAMESPACE": release.namespace}
-    with operator_on(
-        kube, tmp_path, kubeconfig=kubeconfig, env=env, args=release.operator_args()
-    ) as operator:
+    with release.operator(tmp_path) as operator:
         wait_for(lambda: sized(kube, "web", apps) and condition(kube, budget_name, "Ready").get("status") == "True",
                  timeout=90, message=lambda: f"sized in {apps}\n{operator.log()}")  # fmt: skip
         status: dict[str, Any] = (kube.get("poolbudget", budget_name) or {})["status"]
@@ -180,7 +137,6 @@ def test_upgrade_keeps_the_budgets_and_uninstall_keeps_crd_and_budgets(
     kube.apply(
         budget_manifest(budget_name, 60, rebalance=FAST), deployment_manifest("web", apps, budget=budget_name)
     )
-    env = {"POOLBUDGET_NAMESPACE": release.namespace}
     operator_pod_template = json.dumps(
         (kube.get("deployment", SERVICE_ACCOUNT, release.namespace) or {})["spec"]["template"]
     )
@@ -189,10 +145,7 @@ def test_upgrade_keeps_the_budgets_and_uninstall_keeps_crd_and_budgets(
     )  # a chart-level change, nothing about the pod
     after = json.dumps((kube.get("deployment", SERVICE_ACCOUNT, release.namespace) or {})["spec"]["template"])
     assert after == operator_pod_template, "an upgrade that changes nothing about the operator restarted it"
-    kubeconfig = release.kubeconfig(tmp_path / "sa.kubeconfig")
-    with operator_on(
-        kube, tmp_path, kubeconfig=kubeconfig, env=env, args=release.operator_args()
-    ) as operator:
+    with release.operator(tmp_path) as operator:
         wait_for(lambda: sized(kube, "web", apps) and condition(kube, budget_name, "Ready").get("status") == "True",
                  timeout=90, message=lambda: f"sized after the upgrade\n{operator.log()}")  # fmt: skip
     sized_env = template_env(kube.get("deployment", "web", apps) or {})

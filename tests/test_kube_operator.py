@@ -5,6 +5,7 @@ which pods become Ready and stay Terminating for their grace period. Writes are 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,33 @@ def test_a_concurrent_writer_during_a_rebalance_loses_nothing(
         assert all(w.code in (200, 409) for w in writes), [(w.name, w.code) for w in writes]
 
 
-def test_two_replicas_with_peering_one_acts_and_the_other_takes_over(
+def test_two_replicas_with_peering_one_acts_and_the_other_takes_over_when_it_stops(
+    kube: KubeCluster, budget_name: str, namespaces: Callable[[str], str], tmp_path: Path
+) -> None:
+    ns = namespaces("ha-stop")
+    kube.apply(budget_manifest(budget_name, 60, rebalance=FAST))
+    kube.apply(app("a", ns, budget_name), app("b", ns, budget_name))
+    mark = kube.audit.mark()
+    with operator_on(kube, tmp_path, standalone=False, priority=200, name="active") as active, \
+            operator_on(kube, tmp_path, standalone=False, priority=100, name="standby") as standby:  # fmt: skip
+        wait_for(lambda: converged(kube, budget_name, ns, "a", "b"), timeout=120, message="first convergence")
+        assert deployment_writers(kube, mark) == {active.actor}
+        assert active.stop() == 0  # graceful: its peering record goes at once, the standby resumes
+        mark = kube.audit.mark()
+        before = template_env(kube.get("deployment", "a", ns) or {})["DB_POOL_SIZE"]
+        kube.kubectl("scale", "deployment/b", "-n", ns, "--replicas=5")
+        wait_for(lambda: template_env(kube.get("deployment", "a", ns) or {})["DB_POOL_SIZE"] != before,
+                 timeout=60, message=lambda: f"the standby taking over\n{standby.log()}")  # fmt: skip
+        assert deployment_writers(kube, mark) == {standby.actor}
+
+
+def deployment_writers(kube: KubeCluster, since: int) -> set[str]:
+    """The operator processes (by User-Agent) that patched Deployments since an audit-log offset."""
+    return {w.user_agent for w in kube.audit.writes(since) if w.resource == "deployments"
+            and w.user_agent.startswith(OPERATOR_ACTOR)}  # fmt: skip
+
+
+def test_a_killed_replica_is_taken_over_once_its_peering_record_expires(
     kube: KubeCluster, budget_name: str, namespaces: Callable[[str], str], tmp_path: Path
 ) -> None:
     ns = namespaces("ha")
@@ -229,19 +256,19 @@ def test_two_replicas_with_peering_one_acts_and_the_other_takes_over(
     with operator_on(kube, tmp_path, standalone=False, priority=200, name="active", env=lifetime) as active, \
             operator_on(kube, tmp_path, standalone=False, priority=100, name="standby", env=lifetime) as standby:  # fmt: skip
         wait_for(lambda: converged(kube, budget_name, ns, "a", "b"), timeout=120, message="first convergence")
-        writers = {w.user_agent for w in kube.audit.writes(mark) if w.resource == "deployments"
-                   and w.user_agent.startswith(OPERATOR_ACTOR)}  # fmt: skip
-        assert writers == {active.actor}, writers
+        assert deployment_writers(kube, mark) == {active.actor}
 
         active.kill()  # no graceful stop: its record holds the standby back until it expires
+        killed_at = time.monotonic()
         mark = kube.audit.mark()
         before = template_env(kube.get("deployment", "a", ns) or {})["DB_POOL_SIZE"]
         kube.kubectl("scale", "deployment/b", "-n", ns, "--replicas=5")
         wait_for(lambda: template_env(kube.get("deployment", "a", ns) or {})["DB_POOL_SIZE"] != before,
                  timeout=60, message=lambda: f"the standby taking over\n{standby.log()}")  # fmt: skip
-        writers = {w.user_agent for w in kube.audit.writes(mark) if w.resource == "deployments"
-                   and w.user_agent.startswith(OPERATOR_ACTOR)}  # fmt: skip
-        assert writers == {standby.actor}, writers
+        took = time.monotonic() - killed_at
+        assert deployment_writers(kube, mark) == {standby.actor}
+        # Not before the killed replica's 8 s record expired (its last keep-alive came at most ~3 s before the kill).
+        assert took >= 8 - 4, f"taken over {took:.1f} s after the kill: its record had not expired"
 
 
 def test_the_api_server_restarted_mid_rebalance(
