@@ -41,7 +41,6 @@ class AuditEvent:
     namespace: str
     name: str
     code: int
-    request: Mapping[str, Any] | None
     received: str  # requestReceivedTimestamp, RFC 3339 with microseconds
     completed: str  # stageTimestamp of ResponseComplete
     audit_id: str
@@ -58,7 +57,6 @@ class AuditEvent:
             namespace=ref.get("namespace", ""),
             name=ref.get("name", ""),
             code=int((entry.get("responseStatus") or {}).get("code", 0)),
-            request=entry.get("requestObject"),
             received=entry.get("requestReceivedTimestamp", ""),
             completed=entry.get("stageTimestamp", ""),
             audit_id=entry.get("auditID", ""),
