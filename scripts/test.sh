@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (PostgreSQL, Prometheus, helm,
-# Python deps), then runs the linter, the type checker, the import contracts and pytest. The real servers are
-# started by the tests.
+# the pinned Kubernetes control plane, Python deps), then runs the linter, the type checkers, the import
+# contracts and pytest. The real servers (PostgreSQL, Prometheus, the control plane) are started by the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +11,9 @@ export PATH="$PWD/.tools/bin:$PATH"
 echo "== ruff"
 ruff check .
 ruff format --check .
-echo "== mypy (strict, the whole package)"
+echo "== mypy (strict, the whole package; and the client helper, its own distribution)"
 mypy
+(cd client && mypy)
 echo "== lint-imports (layers import only downwards; no cycles)"
 PYTHONPATH=operator lint-imports
 echo "== pytest"
