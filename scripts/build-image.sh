@@ -14,7 +14,8 @@
 #
 # Usage: scripts/build-image.sh [--no-cache]
 #   --no-cache   remake the base image and build without podman's layer cache (a cold build, to measure it)
-# Prints the image reference on its last line of stdout; everything else goes to stderr.
+# Prints the image reference on its last line of stdout; everything else goes to stderr. Exits 3 when podman,
+# runc or debootstrap cannot be installed (tests skip on that alone), non-zero on any other failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ CA_BUNDLE="${POOLBUDGET_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 CONTAINERS_CONF=/etc/containers/containers.conf
 SUITE=bookworm
 PODMAN=(podman --storage-driver vfs --runtime runc)
+EXIT_NO_ENGINE=3
 
 NO_CACHE=0
 for argument in "$@"; do
@@ -63,8 +65,11 @@ install_packages() {
   say "apt-get install ${missing[*]}"
   if ! as_root apt-get install -y -qq "${missing[@]}" >&2; then
     say "install failed: apt-get update, then one more try"
-    as_root apt-get update -qq
-    as_root apt-get install -y -qq "${missing[@]}" >&2
+    as_root apt-get update -qq || true
+    as_root apt-get install -y -qq "${missing[@]}" >&2 || {
+      say "cannot install ${missing[*]}: no container engine here"
+      exit "$EXIT_NO_ENGINE"
+    }
   fi
 }
 
