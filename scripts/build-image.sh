@@ -12,7 +12,8 @@
 #     (mounted for the RUN steps only, never copied into the image).
 # Podman always runs with --storage-driver vfs --runtime runc (crun fails on these machines' cgroups).
 #
-# Usage: scripts/build-image.sh [--no-cache]
+# Usage: scripts/build-image.sh [--rebuild | --no-cache]
+#   --rebuild    run podman build even when the image is up to date (podman's layer cache still applies)
 #   --no-cache   remake the base image and build without podman's layer cache (a cold build, to measure it)
 # Prints the image reference on its last line of stdout; everything else goes to stderr. Exits 3 when podman,
 # runc or debootstrap cannot be installed (tests skip on that alone), non-zero on any other failure.
@@ -28,11 +29,13 @@ PODMAN=(podman --storage-driver vfs --runtime runc)
 EXIT_NO_ENGINE=3
 
 NO_CACHE=0
+REBUILD=0
 for argument in "$@"; do
   case "$argument" in
-  --no-cache) NO_CACHE=1 ;;
+  --no-cache) NO_CACHE=1 REBUILD=1 ;;
+  --rebuild) REBUILD=1 ;;
   *)
-    echo "usage: $0 [--no-cache]" >&2
+    echo "usage: $0 [--rebuild | --no-cache]" >&2
     exit 2
     ;;
   esac
@@ -191,7 +194,7 @@ build_image() {
   local started digest cache=()
   [ -f "$CA_BUNDLE" ] || { say "no CA bundle at $CA_BUNDLE (set POOLBUDGET_CA_BUNDLE)"; exit 1; }
   digest="$(inputs_digest)"
-  if [ "$NO_CACHE" -eq 0 ] && "${PODMAN[@]}" image exists "$IMAGE" &&
+  if [ "$REBUILD" -eq 0 ] && "${PODMAN[@]}" image exists "$IMAGE" &&
     [ "$("${PODMAN[@]}" image inspect --format '{{index .Labels "io.poolbudget.inputs-sha256"}}' "$IMAGE")" = "$digest" ]; then
     say "$IMAGE is up to date (built from these inputs, ${digest:0:12}): nothing to build"
     return
