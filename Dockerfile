@@ -10,24 +10,24 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 # Where pip must trust an extra CA (a TLS-inspecting proxy), pass the bundle as a build secret:
 #   --secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt --build-arg PIP_CERT=/run/secrets/pip-ca
-# It is mounted for the two pip RUN steps only and is in no layer; without it pip uses its own CAs.
+# It is mounted for the RUN step that downloads only and is in no layer; without it pip uses its own CAs.
 ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/poolbudget
 WORKDIR /src
-# Dependencies first, from the lock only: this layer is rebuilt only when the pins change.
+# Dependencies first, from the lock only: this layer is rebuilt only when the pins change. The build backend is
+# pinned too (no isolated build environment fetching whatever setuptools is newest) and comes in here, so a
+# change to the operator's code needs nothing from the index.
 COPY requirements.lock ./
 RUN --mount=type=secret,id=pip-ca \
-    /opt/poolbudget/bin/pip install --only-binary=:all: --no-deps -r requirements.lock
+    /opt/poolbudget/bin/pip install --only-binary=:all: --no-deps -r requirements.lock \
+ && /opt/poolbudget/bin/pip install --only-binary=:all: --no-deps setuptools==80.9.0
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-# The build backend is pinned too: no isolated build environment fetching whatever setuptools is newest.
-# Neither it nor pip is needed to run, so both leave the virtualenv afterwards.
-RUN --mount=type=secret,id=pip-ca \
-    /opt/poolbudget/bin/pip install --no-deps setuptools==80.9.0 \
- && /opt/poolbudget/bin/pip install --no-deps --no-build-isolation . \
+# Neither setuptools nor pip is needed to run, so both leave the virtualenv afterwards.
+RUN /opt/poolbudget/bin/pip install --no-index --no-deps --no-build-isolation . \
  && /opt/poolbudget/bin/pip uninstall --yes setuptools pip \
  && /opt/poolbudget/bin/python -m compileall -q /opt/poolbudget
 # Marks this stage's image, so scripts/build-image.sh can find the ones earlier builds left behind.

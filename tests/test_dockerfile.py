@@ -105,13 +105,16 @@ def test_base_image_is_one_argument_for_every_stage() -> None:
 
 
 def test_pip_ca_bundle_is_a_build_secret_only(stages: list[Stage]) -> None:
-    """A CA bundle for pip comes in as a build secret, mounted for the pip RUN steps only: never COPY'd, never in
-    the final stage's environment."""
+    """A CA bundle for pip comes in as a build secret, mounted for the steps that download: never COPY'd, never
+    in the final stage's environment. The operator's own install reads no index, so a code change needs none."""
     build, final = stages[0], stages[-1]
     assert "PIP_CERT" in build.all("ARG")
     for run in build.all("RUN"):
-        if "pip install" in run:
+        installs = [c for c in run_commands(run) if "pip install" in c]
+        if any("--no-index" not in c for c in installs):
             assert run.startswith("--mount=type=secret,id=pip-ca"), run
+    (local,) = [c for r in build.all("RUN") for c in run_commands(r) if c.endswith(" .")]
+    assert "--no-index" in local
     text = " ".join(
         i.arguments for stage in stages for i in stage.instructions if i.keyword in ("COPY", "ADD")
     )
