@@ -9,7 +9,7 @@
 #   - writes /etc/containers/containers.conf (no default ulimits, cgroupfs) unless it already says so;
 #   - makes the base image once (cached in podman's storage; debootstrap's .debs under ~/.cache/poolbudget/);
 #   - podman build --network host; pip inside the build trusts the host's CA bundle, passed as a build secret
-#     (mounted for the RUN steps only, never copied into the image).
+#     (mounted for the step that downloads only, never copied into the image).
 # Podman always runs with --storage-driver vfs --runtime runc (crun fails on these machines' cgroups).
 #
 # Usage: scripts/build-image.sh [--rebuild | --no-cache]
