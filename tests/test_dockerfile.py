@@ -1,4 +1,5 @@
-"""The Dockerfile, which cannot be built here: its structure, its pins, and its entrypoint, run for real."""
+"""The Dockerfile's structure, its pins, and its entrypoint run outside a container; tests/test_image.py builds the
+image with podman and runs it."""
 
 from __future__ import annotations
 
@@ -95,6 +96,33 @@ def test_multi_stage_on_slim_python_3_11(stages: list[Stage]) -> None:
     assert stages[0].name, "the build stage is named, so the final stage can copy from it"
 
 
+def test_base_image_is_one_argument_for_every_stage() -> None:
+    """The tests build on a locally made Debian base (no registry here): one ARG swaps it, in every stage alike, so
+    the virtualenv's interpreter (a symlink to the base's python3) exists where the final stage runs it."""
+    bases = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    assert bases
+    assert set(bases) == {"${PYTHON_IMAGE}"}
+
+
+def test_pip_ca_bundle_is_a_build_secret_only(stages: list[Stage]) -> None:
+    """A CA bundle for pip comes in as a build secret, mounted for the steps that download: never COPY'd, never
+    in the final stage's environment. The operator's own install reads no index, so a code change needs none."""
+    build, final = stages[0], stages[-1]
+    assert "PIP_CERT" in build.all("ARG")
+    for run in build.all("RUN"):
+        installs = [c for c in run_commands(run) if "pip install" in c]
+        if any("--no-index" not in c for c in installs):
+            assert run.startswith("--mount=type=secret,id=pip-ca"), run
+    (local,) = [c for r in build.all("RUN") for c in run_commands(r) if c.endswith(" .")]
+    assert "--no-index" in local
+    text = " ".join(
+        i.arguments for stage in stages for i in stage.instructions if i.keyword in ("COPY", "ADD")
+    )
+    assert "ca-certificates" not in text
+    assert "pip-ca" not in text
+    assert not any("PIP_CERT" in i.arguments for i in final.instructions)
+
+
 def test_final_stage_runs_as_numeric_non_root_user(stages: list[Stage]) -> None:
     users = stages[-1].all("USER")
     assert users, "the final stage sets USER"
@@ -121,15 +149,22 @@ def test_final_stage_has_no_build_tools(stages: list[Stage]) -> None:
     assert all(c.startswith(f"--from={stages[0].name}") for c in copies), "only built artifacts are copied"
 
 
+def run_commands(run: str) -> list[str]:
+    """The shell commands of one RUN instruction, its --mount flags dropped."""
+    return [c.strip() for c in re.sub(r"^(--mount=\S+\s+)+", "", run).split("&&")]
+
+
 def test_dependencies_come_from_the_lock_only(stages: list[Stage]) -> None:
-    commands = [c.strip() for r in stages[0].all("RUN") for c in r.split("&&")]
+    commands = [c for r in stages[0].all("RUN") for c in run_commands(r)]
     installs = [c for c in commands if re.search(r"\bpip install\b", c)]
     assert any("-r requirements.lock" in c for c in installs)
     for command in installs:
         assert "--no-deps" in command, (
             f"every pip install is --no-deps, so nothing unpinned sneaks in: {command}"
         )
-        packages = [w for w in command.split()[2:] if not w.startswith("-") and w != "requirements.lock"]
+        words = command.split()
+        arguments = words[words.index("install") + 1 :]
+        packages = [w for w in arguments if not w.startswith("-") and w != "requirements.lock"]
         for package in packages:
             assert package == "." or re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", package), package
         if packages == ["."]:
