@@ -10,6 +10,12 @@ settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# Real PostgreSQL servers (started on demand), the Kubernetes API emulator (a test double, not a real server),
-# and the operator run against it.
-pytest_plugins = ["tests.pg", "tests.emulator.fixtures", "tests.operator_harness", "tests.kube.fixtures"]
+# Real PostgreSQL servers (started on demand), the real Kubernetes control plane and the chart's release on it,
+# and the Kubernetes API emulator (a test double, kept where a real server cannot be made to do a thing on cue).
+pytest_plugins = [
+    "tests.pg",
+    "tests.emulator.fixtures",
+    "tests.operator_harness",
+    "tests.kube.fixtures",
+    "tests.kube.release",
+]

@@ -4,16 +4,16 @@ No image registry is reachable on these machines: the script makes the base imag
 debootstrap, Debian's python3 3.11) and builds the Dockerfile on it. Every container runs the way the chart runs
 the pod: a read-only root file system, no capabilities, the image's own non-root user.
 
-The run-against-a-cluster test uses the in-process Kubernetes API emulator (a test double, not a real API server),
-reached from the container over the host's network; it moves to the real control plane when that fixture lands.
+The operator in the image runs against the real control plane (``kube``), reached over the host's network, with
+the chart's ServiceAccount token.
 """
 
 from __future__ import annotations
 
+import base64
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,28 +21,17 @@ import tomllib
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.operator_harness import (
-    FAST,
-    KubernetesEmulator,
-    OperatorProcess,
-    apply,
-    budget_manifest,
-    budget_status,
-    deployment,
-    deployment_manifest,
-    free_port,
-    running,
-    start_cluster,
-    wait_until,
-    write_manifests,
-)
+from tests.kube.fixtures import KubeCluster, wait_for
+from tests.kube.release import Release
+from tests.operator_harness import FAST, budget_manifest, deployment_manifest, free_port, write_manifests
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "scripts" / "build-image.sh"
@@ -236,45 +225,58 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def _sized(emulator: KubernetesEmulator, name: str) -> dict[str, Any]:
-    """What the operator wrote into an opted-in Deployment: its containers' env and the pod template's
-    annotations (the per-pod stamp among them)."""
-    template = deployment(emulator, name)["spec"]["template"]
-    return {
-        "env": [c.get("env") or [] for c in template["spec"]["containers"]],
-        "annotations": (template.get("metadata") or {}).get("annotations") or {},
-    }
+def manifests(budget: str, namespace: str) -> list[dict[str, Any]]:
+    return [
+        budget_manifest(budget, 60, reserved=5, rebalance=FAST),
+        deployment_manifest("api", namespace, budget=budget, env=[{"name": "WEB_CONCURRENCY", "value": "3"}]),
+        deployment_manifest(
+            "worker", namespace, budget=budget, replicas=1, annotations={"poolbudget.io/weight": "2"}
+        ),
+    ]
 
 
-MANIFESTS = [
-    budget_manifest(max_connections=60, reserved=5, rebalance=FAST),
-    deployment_manifest("api", env=[{"name": "WEB_CONCURRENCY", "value": "3"}]),
-    deployment_manifest("worker", replicas=1, annotations={"poolbudget.io/weight": "2"}),
-]
+def _sized(kube: KubeCluster, namespace: str) -> dict[str, Any] | None:
+    """What the operator wrote into both opted-in Deployments (containers' env, pod-template annotations), once
+    both carry the per-pod stamp; else None."""
+    sized = {}
+    for name in ("api", "worker"):
+        template = (kube.get("deployment", name, namespace) or {})["spec"]["template"]
+        annotations = (template.get("metadata") or {}).get("annotations") or {}
+        if "poolbudget.io/connections-per-pod" not in annotations:
+            return None
+        sized[name] = {
+            "env": [c.get("env") or [] for c in template["spec"]["containers"]],
+            "annotations": annotations,
+        }
+    return sized
 
 
-def _converged(emulator: KubernetesEmulator) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        status = budget_status(emulator)
-        sized = {name: _sized(emulator, name) for name in ("api", "worker")}
-        stamped = all("poolbudget.io/connections-per-pod" in s["annotations"] for s in sized.values())
-        return sized if stamped and status.get("allocated") else None
+def _portable(kubeconfig: Path) -> Path:
+    """The ServiceAccount kubeconfig with the CA inline (the container cannot see the host's file), readable by
+    uid 10001."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    ca = Path(cluster.pop("certificate-authority")).read_bytes()
+    cluster["certificate-authority-data"] = base64.b64encode(ca).decode()
+    kubeconfig.write_text(yaml.safe_dump(config))
+    kubeconfig.chmod(0o644)
+    return kubeconfig
 
-    return dict(wait_until(done, timeout=30, interval=0.2, message="both Deployments sized"))
 
-
-@pytest.mark.emulator
-def test_the_operator_in_the_image_sizes_like_the_operator_outside_against_the_emulator(
-    image: Image, cluster: KubernetesEmulator, tmp_path: Path
-) -> None:
-    """`podman run --read-only --user 10001 --cap-drop ALL --network host` of the image's entrypoint against the
-    Kubernetes API *emulator* (kubeconfig mounted read-only): /healthz and /metrics answer, and the opted-in
-    Deployments get exactly what the operator run outside the image writes against a second emulator."""
-    apply(cluster, *MANIFESTS)
+@pytest.mark.kube
+def test_the_operator_in_the_image_sizes_like_the_operator_outside(
+    image: Image, kube: KubeCluster, release: Release, budget_name: str, namespaces: Callable[[str], str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """`podman run --read-only --user 10001 --cap-drop ALL --network host` of the image on the real control plane,
+    with a kubeconfig of the chart's ServiceAccount token mounted read-only and the chart's arguments: /healthz and
+    /metrics answer, and it sizes the opted-in Deployments exactly as the operator outside the image does (that
+    one, started after it on the same objects, finds nothing to write)."""
+    apps = namespaces("apps")
+    release.run("install")
+    kube.apply(*manifests(budget_name, apps))
+    kubeconfig = _portable(release.kubeconfig(tmp_path / "sa.kubeconfig"))
     health, metrics = free_port(), free_port()
-    kubeconfig = tmp_path / "kubeconfig"
-    shutil.copy(cluster.kubeconfig_path, kubeconfig)
-    kubeconfig.chmod(0o644)  # readable by uid 10001 inside
     name = f"poolbudget-image-operator-{uuid.uuid4().hex[:8]}"
     podman(
         "run", "--detach", "--name", name,
@@ -282,9 +284,9 @@ def test_the_operator_in_the_image_sizes_like_the_operator_outside_against_the_e
         "--security-opt", "no-new-privileges",
         "--volume", f"{kubeconfig}:/etc/poolbudget/kubeconfig:ro",
         "--env", "KUBECONFIG=/etc/poolbudget/kubeconfig",
-        "--env", "POOLBUDGET_NAMESPACE=default",
+        "--env", f"POOLBUDGET_NAMESPACE={release.namespace}",
         "--env", f"POOLBUDGET_METRICS_PORT={metrics}",
-        image.ref, "--standalone", "--liveness", f"http://127.0.0.1:{health}/healthz",
+        image.ref, "--standalone", "--liveness", f"http://127.0.0.1:{health}/healthz", *release.operator_args(),
     )  # fmt: skip
     try:
 
@@ -293,13 +295,18 @@ def test_the_operator_in_the_image_sizes_like_the_operator_outside_against_the_e
             assert state["Running"], f"the operator exited with {state['ExitCode']}:\n{logs(name)}"
             return _get(f"http://127.0.0.1:{health}/healthz")[0] == 200
 
-        wait_until(
-            healthy, timeout=60, interval=0.5, message=f"/healthz of the operator in the image ({name})"
+        wait_for(
+            healthy,
+            timeout=90,
+            interval=0.5,
+            message=lambda: f"/healthz of the operator in the image\n{logs(name)}",
         )
-        in_image = _converged(cluster)
+        in_image = wait_for(
+            lambda: _sized(kube, apps), timeout=90, message=lambda: f"both sized\n{logs(name)}"
+        )
         status, body = _get(f"http://127.0.0.1:{metrics}/metrics")
         assert status == 200
-        assert 'poolbudget_reconcile_duration_seconds_count{budget="main"}' in body
+        assert f'poolbudget_reconcile_duration_seconds_count{{budget="{budget_name}"}}' in body
     finally:
         stopped = podman("stop", "--time", "20", name, check=False, timeout=60)
         code = podman("inspect", "--format", "{{.State.ExitCode}}", name, check=False).stdout.strip()
@@ -308,36 +315,25 @@ def test_the_operator_in_the_image_sizes_like_the_operator_outside_against_the_e
     assert stopped.returncode == 0, stopped.stderr
     assert code == "0", log
     assert "Traceback" not in log, log
+    assert release.forbidden(0) == [], log
 
-    # The same manifests, the operator of this checkout run outside any container, a second emulator.
-    other = start_cluster(tmp_path / "outside")
-    try:
-        apply(other, *MANIFESTS)
-        outside_env = {"PYTHONPATH": str(REPO / "operator")}
-        with running(OperatorProcess(other, tmp_path, env=outside_env, name="outside")):
-            outside = _converged(other)
-    finally:
-        other.stop()
-    assert in_image == outside
+    # The operator of this checkout, outside any container, on the same objects: nothing to change.
+    mark = kube.audit.mark()
+    with release.operator(tmp_path, env={"PYTHONPATH": str(REPO / "operator")}) as outside:
+        rounds = outside.rounds(budget_name)
+        wait_for(
+            lambda: outside.rounds(budget_name) > rounds, timeout=60, message="a round outside the image"
+        )
+    assert _sized(kube, apps) == in_image
+    assert [w for w in kube.audit.writes(mark, user=release.user) if w.resource == "deployments"] == []
     planned = json.loads(
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "poolbudget",
-                "plan",
-                "-f",
-                str(write_manifests(tmp_path / "m.yaml", *MANIFESTS)),
-                "-o",
-                "json",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-            env={**os.environ, **outside_env},
+            [sys.executable, "-m", "poolbudget", "plan", "-f",
+             str(write_manifests(tmp_path / "m.yaml", *manifests(budget_name, apps))), "-o", "json"],
+            capture_output=True, text=True, check=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO / "operator")},
         ).stdout
-    )["budgets"][0]
+    )["budgets"][0]  # fmt: skip
     assert sorted(entry["name"] for entry in planned["deployments"]) == ["api", "worker"]
     for entry in planned["deployments"]:
         written = {e["name"]: e.get("value") for e in in_image[entry["name"]]["env"][0]}

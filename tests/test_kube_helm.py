@@ -5,13 +5,12 @@ enough (no 403 for anything the operator does) and no more (what it does not gra
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helm import Helm
 from tests.helm import helm_fixture as helm_fixture  # the `helm` fixture
 from tests.kube.fixtures import KubeCluster, wait_for
 from tests.kube.operator import condition, template_env
@@ -19,21 +18,6 @@ from tests.kube.release import SERVICE_ACCOUNT, Release
 from tests.operator_harness import FAST, budget_manifest, deployment_manifest
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(300)]
-
-
-@pytest.fixture
-def release(helm: Helm, kube: KubeCluster, namespaces: Callable[[str], str]) -> Iterator[Release]:
-    installed = Release(helm, kube, namespaces("operator"))
-    yield installed
-    helm.run(
-        "uninstall",
-        "poolbudget",
-        "-n",
-        installed.namespace,
-        "--kubeconfig",
-        str(kube.kubeconfig),
-        check=False,
-    )
 
 
 def sized(kube: KubeCluster, name: str, namespace: str) -> bool:

@@ -4,13 +4,15 @@ ServiceAccount (a TokenRequest token), args and namespace. kwok runs no containe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.helm import CHART, Helm
+from tests.helm import helm_fixture as helm_fixture  # the `helm` fixture, for `release`
 from tests.kube.fixtures import KubeCluster
 from tests.kube.operator import KubeOperator, operator_on
 
@@ -49,7 +51,7 @@ class Release:
     def operator(self, workdir: Path, **options: Any) -> Iterator[KubeOperator]:
         """``poolbudget run`` as the chart's pod: its ServiceAccount, its namespace, its arguments."""
         kubeconfig = self.kubeconfig(workdir / f"{self.namespace}.kubeconfig")
-        env = {"POOLBUDGET_NAMESPACE": self.namespace}
+        env = {"POOLBUDGET_NAMESPACE": self.namespace, **options.pop("env", {})}
         with operator_on(
             self.kube, workdir, kubeconfig=kubeconfig, env=env, args=self.operator_args(), **options
         ) as running:
@@ -66,3 +68,19 @@ class Release:
             for r in self.kube.audit.requests(since, user=self.user)
             if r.code == 403
         ]
+
+
+@pytest.fixture
+def release(helm: Helm, kube: KubeCluster, namespaces: Callable[[str], str]) -> Iterator[Release]:
+    """The chart's release in a namespace of this test's (install it with ``release.run("install")``)."""
+    installed = Release(helm, kube, namespaces("operator"))
+    yield installed
+    helm.run(
+        "uninstall",
+        "poolbudget",
+        "-n",
+        installed.namespace,
+        "--kubeconfig",
+        str(kube.kubeconfig),
+        check=False,
+    )
