@@ -315,7 +315,7 @@ def test_the_operator_in_the_image_sizes_like_the_operator_outside(
     assert stopped.returncode == 0, stopped.stderr
     assert code == "0", log
     assert "Traceback" not in log, log
-    assert release.forbidden(0) == [], log
+    assert release.forbidden(0, apps) == [], log
 
     # The operator of this checkout, outside any container, on the same objects: nothing to change.
     mark = kube.audit.mark()

@@ -223,6 +223,17 @@ def namespaces(kube: KubeCluster, request: pytest.FixtureRequest) -> Iterator[Ca
 
     yield make
     for name in made:
+        # Deployments first (gone at once, their pods collected after): no later test's cluster-wide operator
+        # should meet an opted-in Deployment of this one in a namespace that is still terminating.
+        kube.kubectl(
+            "delete",
+            "deployments,horizontalpodautoscalers",
+            "--all",
+            "-n",
+            name,
+            "--timeout=60s",
+            check=False,
+        )
         kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
