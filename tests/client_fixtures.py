@@ -1,15 +1,26 @@
 """Helpers for the client helper's tests (tests/test_client_*.py): pod identities, counting tagged backends.
 
-Plain functions, not fixtures, so nothing needs registering in conftest.py. The servers come from the suite's
-``pg100`` fixture (tests/pg.py); only its public methods are used (``url``, ``execute``, ``password``).
+Registered as a plugin in tests/conftest.py for the ``pod`` and ``server`` fixtures. The servers come from the
+suite's ``pg100`` fixture (tests/pg.py); only its public methods are used (``url``, ``execute``, ``password``).
 """
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+import poolbudget_client
+import pytest
+
+from tests.kubelet_file_stand_in import KubeletFileStandIn
 
 T = TypeVar("T")
 
@@ -54,3 +65,48 @@ def wait_for(
         if done(value) or time.monotonic() >= deadline:
             return value
         time.sleep(every)
+
+
+@dataclass
+class Pod:
+    kubelet: KubeletFileStandIn
+    uid: str
+    tag: str  # the 12-hex pod field of the tags
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Pod:
+    """A pod identity and its allotment file, written the kubelet's way."""
+    uid, tag = new_pod()
+    return Pod(KubeletFileStandIn(tmp_path / "podinfo"), uid, tag)
+
+
+@pytest.fixture
+def server(pg100: Any) -> Server:
+    return pg100  # type: ignore[no-any-return]
+
+
+def start_app(script: str, pod: Pod, server: Server, **env: str) -> subprocess.Popen[str]:
+    """A real app process running ``script`` with the pod's env (the allotment file, POD_UID, the database URL in
+    APP_DATABASE_URL), the client importable, talking on stdin/stdout."""
+    client_src = str(Path(poolbudget_client.__file__).resolve().parent.parent)
+    environment = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([client_src, os.environ.get("PYTHONPATH", "")]),
+        POOLBUDGET_ALLOTMENT_FILE=str(pod.kubelet.path),
+        POD_UID=pod.uid,
+        APP_DATABASE_URL=server.url(),
+        **env,
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script], env=environment, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
+    """The app's next line on stdout, within ``timeout``."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"the app process said nothing within {timeout} s"
+    return proc.stdout.readline().strip()

@@ -18,4 +18,5 @@ pytest_plugins = [
     "tests.operator_harness",
     "tests.kube.fixtures",
     "tests.kube.release",
+    "tests.client_fixtures",
 ]

@@ -6,20 +6,12 @@ thread is restarted there, and the worker's connections carry the worker's own p
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
-from typing import Any
 
-import poolbudget_client
 import pytest
 from poolbudget_client import parse_tag
 
-from tests.client_fixtures import new_pod, tagged_names, wait_for
-from tests.kubelet_file_stand_in import KubeletFileStandIn
+from tests.client_fixtures import Pod, Server, read_line, start_app, tagged_names, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -49,41 +41,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, "the app process said nothing"
-    return proc.stdout.readline().strip()
-
-
-def test_a_forked_worker_follows_and_tags_with_its_own_pid(pg100: Any, tmp_path: Path) -> None:
-    uid, pod = new_pod()
-    kubelet = KubeletFileStandIn(tmp_path / "podinfo")
-    kubelet.write_allotment(1, 2, 0)
-    client_src = str(Path(poolbudget_client.__file__).resolve().parent.parent)
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([client_src, os.environ.get("PYTHONPATH", "")]),
-        POOLBUDGET_ALLOTMENT_FILE=str(kubelet.path),
-        POD_UID=uid,
-        APP_DATABASE_URL=pg100.url(),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def test_a_forked_worker_follows_and_tags_with_its_own_pid(pod: Pod, server: Server) -> None:
+    pod.kubelet.write_allotment(1, 2, 0)
+    proc = start_app(SCRIPT, pod, server)
     try:
         word, worker = read_line(proc).split()
         assert word == "worker"
-        kubelet.write_allotment(2, 1, 0)
+        pod.kubelet.write_allotment(2, 1, 0)
         assert read_line(proc) == "applied"
 
         def worker_generations() -> list[int]:
-            tags = [parse_tag(name) for name in tagged_names(pg100, pod)]
+            tags = [parse_tag(name) for name in tagged_names(server, pod.tag)]
             return [t.generation for t in tags if t is not None and t.process == int(worker)]
 
         assert wait_for(worker_generations, lambda g: g == [2]) == [2]  # the worker re-tagged its idle one

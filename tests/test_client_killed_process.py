@@ -6,20 +6,13 @@ pool through the helper; the server's pg_stat_activity is the judge.
 
 from __future__ import annotations
 
-import os
-import select
 import signal
 import subprocess
-import sys
 import textwrap
-from pathlib import Path
-from typing import Any
 
-import poolbudget_client
 import pytest
 
-from tests.client_fixtures import new_pod, tagged_count, wait_for
-from tests.kubelet_file_stand_in import KubeletFileStandIn
+from tests.client_fixtures import Pod, Server, read_line, start_app, tagged_count, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -50,52 +43,31 @@ COMMON_END = """
 """
 
 
-def expect_line(proc: subprocess.Popen[str], word: str, timeout: float = 15.0) -> None:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, f"the app process did not say {word!r} within {timeout} s"
-    line = proc.stdout.readline().strip()
+def expect_line(proc: subprocess.Popen[str], word: str) -> None:
+    line = read_line(proc)
     assert line == word, (line, proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
 
 
 @pytest.mark.parametrize("app", sorted(APPS))
-def test_killed_mid_shrink_leaves_no_connection(pg100: Any, tmp_path: Path, app: str) -> None:
-    uid, pod = new_pod()
-    kubelet = KubeletFileStandIn(tmp_path / "podinfo")
-    kubelet.write_allotment(1, 6, 0)
-    client_src = str(Path(poolbudget_client.__file__).resolve().parent.parent)
+def test_killed_mid_shrink_leaves_no_connection(pod: Pod, server: Server, app: str) -> None:
+    pod.kubelet.write_allotment(1, 6, 0)
     script = (
         "import os, sys\nimport poolbudget_client\n"
         + textwrap.dedent(APPS[app])
         + textwrap.dedent(COMMON_END)
     )
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([client_src, os.environ.get("PYTHONPATH", "")]),
-        POOLBUDGET_ALLOTMENT_FILE=str(kubelet.path),
-        POD_UID=uid,
-        POD_NAME="web-0",
-        APP_DATABASE_URL=pg100.url(),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_app(script, pod, server, POD_NAME="web-0")
     try:
         expect_line(proc, "held")
-        assert wait_for(lambda: tagged_count(pg100, pod), lambda n: n == 6) == 6
-        kubelet.write_allotment(2, 1, 0)
+        assert wait_for(lambda: tagged_count(server, pod.tag), lambda n: n == 6) == 6
+        pod.kubelet.write_allotment(2, 1, 0)
         expect_line(proc, "applied")
         assert (
-            wait_for(lambda: tagged_count(pg100, pod), lambda n: n == 5) == 5
+            wait_for(lambda: tagged_count(server, pod.tag), lambda n: n == 5) == 5
         )  # mid-shrink: 5 in use, limit 1
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
-        assert wait_for(lambda: tagged_count(pg100, pod), lambda n: n == 0, timeout=15) == 0
+        assert wait_for(lambda: tagged_count(server, pod.tag), lambda n: n == 0, timeout=15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,8 +13,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import poolbudget_client
@@ -22,30 +20,12 @@ import pytest
 from poolbudget_client import parse_tag
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, NullConnectionPool
 
-from tests.client_fixtures import Server, new_pod, tagged_count, tagged_names, wait_for
+from tests.client_fixtures import Pod, Server, new_pod, tagged_count, tagged_names, wait_for
 from tests.kubelet_file_stand_in import KubeletFileStandIn
 
 pytestmark = pytest.mark.postgres
 
 FAST = 0.05  # poll interval for tests that are not about the deadline
-
-
-@dataclass
-class Pod:
-    kubelet: KubeletFileStandIn
-    uid: str
-    tag: str  # the 12-hex pod field of the tags
-
-
-@pytest.fixture
-def pod(tmp_path: Path) -> Pod:
-    uid, tag = new_pod()
-    return Pod(KubeletFileStandIn(tmp_path / "podinfo"), uid, tag)
-
-
-@pytest.fixture
-def server(pg100: Any) -> Server:
-    return pg100  # type: ignore[no-any-return]
 
 
 def open_pool(server: Server, min_size: int = 1, max_size: int = 1, **kw: Any) -> ConnectionPool[Any]:

@@ -13,8 +13,6 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import poolbudget_client
@@ -28,28 +26,9 @@ from poolbudget_client.sqlalchemy_engine import FollowingQueuePool
 from sqlalchemy import Engine, Integer, String, event, exc, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from tests.client_fixtures import Server, new_pod, tagged_count, tagged_names, wait_for
-from tests.kubelet_file_stand_in import KubeletFileStandIn
+from tests.client_fixtures import Pod, Server, tagged_count, tagged_names, wait_for
 
 FAST = 0.05
-
-
-@dataclass
-class Pod:
-    kubelet: KubeletFileStandIn
-    uid: str
-    tag: str
-
-
-@pytest.fixture
-def pod(tmp_path: Path) -> Pod:
-    uid, tag = new_pod()
-    return Pod(KubeletFileStandIn(tmp_path / "podinfo"), uid, tag)
-
-
-@pytest.fixture
-def server(pg100: Any) -> Server:
-    return pg100  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -173,7 +173,25 @@ class FollowerCore:
         )
 
 
-class ThreadFollower:
+class StopsOnExit:
+    """``with follower: ...`` stops it at the end of the block."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ThreadFollower(StopsOnExit):
     """A synchronous follower: polls on a daemon thread, applies changes, re-tags idle connections.
 
     Subclasses implement :meth:`_apply`, :meth:`_retag_idle` and optionally :meth:`_after_tick` and
@@ -294,17 +312,6 @@ class ThreadFollower:
         if not self._hooks_removed:
             self._hooks_removed = True
             self._stopped_hook()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- for subclasses --------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .allotment import Allotment
-from .follower import FIRST_WAIT_POLL, FollowerCore, ThreadFollower
+from .follower import FIRST_WAIT_POLL, FollowerCore, StopsOnExit, ThreadFollower
 
 TAG_SQL = "SELECT set_config('application_name', %s, false)"
 ATTRIBUTE = "_poolbudget_follower"
@@ -212,7 +212,7 @@ class PoolFollower(ThreadFollower):
             delattr(pool, ATTRIBUTE)
 
 
-class AsyncPoolFollower:
+class AsyncPoolFollower(StopsOnExit):
     """Follows the allotment file for one ``psycopg_pool.AsyncConnectionPool``, as a task on the running loop.
 
     ``await follow(pool)`` (or ``async with follow(pool)``) waits for the first allotment, at most
@@ -443,17 +443,6 @@ class AsyncPoolFollower:
         self.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def __aenter__(self) -> Self:
         return await self._wait_ready()
