@@ -43,10 +43,11 @@ Namespaced resources of the apps: cluster-wide through the ClusterRole, or a Rol
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [list, watch]
-# Terminating pods still hold connections: the observed footprint counts them.
+# Terminating pods still hold connections: the observed footprint counts them. Live delivery patches one
+# annotation of each pod, its allotment (poolbudget.io/allotment); pods are never created, updated or deleted.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 # Events on resized Deployments (and, cluster-wide, on PoolBudgets): kopf posts core v1 Events, never patches them.
 - apiGroups: [""]
   resources: [events]

@@ -109,6 +109,17 @@ class Cluster:
             _content_type=STRATEGIC_MERGE,
         )
 
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch a pod (live delivery writes its allotment annotation); the object after it."""
+        return await self._call(
+            f"patching Pod {namespace}/{name}",
+            self._core.patch_namespaced_pod,
+            name,
+            namespace,
+            dict(patch),
+            _content_type=MERGE,
+        )
+
     async def patch_budget_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch a PoolBudget's status subresource; the object after it."""
         return await self._call(

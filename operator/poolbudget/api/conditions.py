@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-ConditionType = Literal["Ready", "Overcommitted", "DatabaseReachable", "MetricsAvailable", "Invalid"]
+ConditionType = Literal[
+    "Ready", "Overcommitted", "DatabaseReachable", "MetricsAvailable", "AllotmentsConfirmed", "Invalid"
+]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 READY: ConditionType = "Ready"
 OVERCOMMITTED: ConditionType = "Overcommitted"
 DATABASE_REACHABLE: ConditionType = "DatabaseReachable"
 METRICS_AVAILABLE: ConditionType = "MetricsAvailable"
+ALLOTMENTS_CONFIRMED: ConditionType = "AllotmentsConfirmed"  # live delivery: every pod applied its allotment
 INVALID: ConditionType = "Invalid"
 CONDITION_ORDER: tuple[ConditionType, ...] = (
     READY,
     OVERCOMMITTED,
     DATABASE_REACHABLE,
     METRICS_AVAILABLE,
+    ALLOTMENTS_CONFIRMED,
     INVALID,
 )
 
@@ -38,6 +42,11 @@ class Reason:
     NOT_CONFIGURED = "NoConnectionSecret"
     LIMITS_UNKNOWN = "LimitsUnknown"
     STATIC = "StaticWeights"
+    # AllotmentsConfirmed
+    CONFIRMED = "Confirmed"
+    PENDING = "Pending"
+    UNCONFIRMED = "Unconfirmed"
+    NO_LIVE = "NoLiveDeployments"
     # DatabaseReachable=False, and Ready=False while the database cannot be asked.
     DATABASE_UNREACHABLE = "DatabaseUnreachable"
     SECRET_UNAVAILABLE = "SecretUnavailable"

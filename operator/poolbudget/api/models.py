@@ -184,6 +184,10 @@ class CustomProfile(Model):
     env: list[EnvTemplate] = Field(min_length=1, description="Env variables the app reads its pool from.")
     pools_per_process: int = Field(1, ge=1, le=16, description="Pools the app builds per process from these.")
     overflow: bool = Field(True, description="Whether the pool has an overflow (false: one max size).")
+    live: bool = Field(
+        False,
+        description="Whether the app follows live allotments with poolbudget_client (delivery mode live).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -282,6 +286,28 @@ class MetricsSpec(Model):
         return window
 
 
+class DeliverySpec(Model):
+    mode: Literal["env", "live"] = Field(
+        "env",
+        description="env: pool settings as env vars (a change rolls the pods); live: running pools are "
+        "resized through the pod annotation poolbudget.io/allotment and poolbudget_client, without restarts.",
+    )
+    floor_per_process: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Live: connections per pool of one process before its first allotment (the env it starts "
+        "with), and what is reserved for each pod that may appear before the operator reacts.",
+    )
+    confirm_timeout_seconds: int = Field(
+        60,
+        ge=5,
+        le=3600,
+        description="Live: seconds a pod may take to confirm an allotment before a Warning; a Deployment none "
+        "of whose pods ever confirms falls back to env after this long.",
+    )
+
+
 class PoolBudgetSpec(Model):
     database: DatabaseSpec = Field(description="The database whose connections are shared.")
     reserved: int = Field(
@@ -296,6 +322,7 @@ class PoolBudgetSpec(Model):
     profiles: list[CustomProfile] = Field(default_factory=list, description="Custom env formats.")
     rebalance: RebalanceSpec = Field(default_factory=RebalanceSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    delivery: DeliverySpec = Field(default_factory=DeliverySpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> PoolBudgetSpec:

@@ -65,6 +65,11 @@ ANNOTATIONS: dict[str, tuple[str, str]] = {
         "PromQL for this Deployment's demand in `demand` mode, overriding the profile's and "
         "`metrics.query`. See [demand](demand.md).",
     ),
+    names.DELIVERY: (
+        "delivery",
+        "`live` or `env`: how its pool settings are delivered, overriding `delivery.mode`. Live needs a "
+        "profile the client helper serves. See [live delivery](live.md).",
+    ),
 }
 
 # Descriptions of status fields, which the operator writes (the models carry none).
@@ -78,7 +83,8 @@ STATUS_FIELDS: dict[str, str] = {
     "PoolBudgetStatus.availableReason": "The budget formula with this database's numbers.",
     "PoolBudgetStatus.shortfall": "Connections missing for every Deployment's minimum (0 when feasible).",
     "PoolBudgetStatus.allocations": "One entry per opted-in Deployment.",
-    "PoolBudgetStatus.conditions": "`Ready`, `Overcommitted`, `DatabaseReachable`, `MetricsAvailable`, `Invalid`.",
+    "PoolBudgetStatus.conditions": "`Ready`, `Overcommitted`, `DatabaseReachable`, `MetricsAvailable`, "
+    "`AllotmentsConfirmed` (live delivery), `Invalid`.",
     "PoolBudgetStatus.observedGeneration": "The spec generation this status describes.",
     "DeploymentAllocation.pods": "Pods counted: replicas (or HPA maxReplicas) plus RollingUpdate surge.",
     "DeploymentAllocation.processesPerPod": "Processes per pod that each build pools.",

@@ -6,7 +6,7 @@ Only the fields the planner needs are modelled; everything else in the object is
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -14,6 +14,7 @@ from pydantic.alias_generators import to_camel
 from poolbudget.api.annotations import (
     BUDGET,
     CONTAINER,
+    DELIVERY,
     DEMAND_QUERY,
     MAX_CONNECTIONS,
     MIN_CONNECTIONS,
@@ -140,6 +141,7 @@ class OptIn(BaseModel):
     min_connections: int | None = Field(None, ge=1)
     max_connections: int | None = Field(None, ge=1)
     demand_query: str | None = None
+    delivery: Literal["env", "live"] | None = None
 
     @field_validator("containers", mode="before")
     @classmethod
@@ -158,6 +160,7 @@ OPT_IN_FIELDS = {
     MIN_CONNECTIONS: "min_connections",
     MAX_CONNECTIONS: "max_connections",
     DEMAND_QUERY: "demand_query",
+    DELIVERY: "delivery",
 }
 
 

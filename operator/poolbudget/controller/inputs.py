@@ -39,7 +39,11 @@ class LimitsView:
 
 
 async def read_limits(
-    ctx: Context, memory: BudgetMemory, budget: PoolBudget, application_names: set[str]
+    ctx: Context,
+    memory: BudgetMemory,
+    budget: PoolBudget,
+    application_names: set[str],
+    live_tag_ids: frozenset[str] = frozenset(),
 ) -> LimitsView:
     """The limits to plan with: the database's (re-read every refreshSeconds), else the last known, else spec."""
     database = budget.spec.database
@@ -57,7 +61,7 @@ async def read_limits(
             if budget.spec.unmanaged.subtract:
                 backends = await read_client_backends(url, timeout=ctx.database_timeout)
                 memory.unmanaged = unmanaged_connections(
-                    backends, application_names, budget.spec.unmanaged.margin
+                    backends, application_names, budget.spec.unmanaged.margin, live_tag_ids
                 )
             memory.limits, memory.database_error = read, None
             memory.database_reason = f"limits read from {redact_url(url)}"

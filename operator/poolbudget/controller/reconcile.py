@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
-from poolbudget.api.conditions import INVALID, READY, Reason
+from poolbudget.api.allotment import pod_tag_id
+from poolbudget.api.conditions import ALLOTMENTS_CONFIRMED, INVALID, READY, Reason
 from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.manifests import format_validation_error
 from poolbudget.api.models import PoolBudget, PoolBudgetSpec, PoolBudgetStatus
@@ -25,7 +27,8 @@ from poolbudget.api.objects import Key, Obj
 from poolbudget.api.workloads import Deployment, HorizontalPodAutoscaler, budget_of
 from poolbudget.controller.apply import Applied, Change, apply_changes, release_deployments, touches_template
 from poolbudget.controller.inputs import read_demand, read_limits
-from poolbudget.controller.report import warn_refusals, warn_transitions, write_status
+from poolbudget.controller.live import PENDING_EVERY, deliver, live_deployments, live_pod_counts, read_tags
+from poolbudget.controller.report import warn_delivery, warn_refusals, warn_transitions, write_status
 from poolbudget.controller.state import BudgetMemory, Context, RoundResult, View, latest, sooner
 from poolbudget.controller.status import (
     ConditionUpdate,
@@ -37,6 +40,7 @@ from poolbudget.controller.status import (
 )
 from poolbudget.delivery.env import desired_env
 from poolbudget.delivery.envpatch import apply_patch, with_application_name
+from poolbudget.delivery.live import floor_per_pod, live_env
 from poolbudget.observe.footprint import (
     observed_footprint,
     rollout_settled,
@@ -55,6 +59,7 @@ from poolbudget.observe.objects import (
 )
 from poolbudget.observe.refused import refused_footprint, replicas_from_hpa, still_counted
 from poolbudget.planning.budget import BudgetOutcome, Refusal, plan_for_budget
+from poolbudget.planning.live import LiveDeployment, held, held_outside_plan
 from poolbudget.planning.transitions import Hysteresis, Steps, Transition, Wait, order_changes
 from poolbudget.planning.unmanaged import managed_application_name
 
@@ -99,7 +104,11 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
     spec = budget.spec
 
     deployments = _observe(memory, name, view)
-    limits_view = await read_limits(ctx, memory, budget, deployments.application_names)
+    live_pods = live_pod_counts(view, deployments.candidates)
+    live_tag_ids = frozenset(
+        pod_tag_id(p.uid) for d in deployments.candidates for p in view.pods_of(d.key) if p.live
+    )
+    limits_view = await read_limits(ctx, memory, budget, deployments.application_names, live_tag_ids)
 
     released = await release_deployments(ctx, memory, budget, body, deployments.to_release)
     writes, retry = released.writes, released.next_round_in
@@ -116,28 +125,56 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
         writes += await _write_without_plan(ctx, memory, body, previous, updates, None, now_text, generation)
         return RoundResult(sooner(retry, spec.database.refresh_seconds), writes)
 
-    planned = await _plan(ctx, memory, budget, limits_view.limits, limits_view.unmanaged, deployments, view)
-    plan = planned.outcome.plan
-    warn_refusals(ctx, memory, body, planned.refusals, deployments.raw)
-
-    # Order: shrink first, grow only into observed room, hold back small or too frequent growth.
-    transitions, patches, observed = _transitions(
-        budget, planned.outcome, deployments.raw, view, now, now_text
+    planned = await _plan(
+        ctx, memory, budget, limits_view.limits, limits_view.unmanaged, deployments, view, live_pods
     )
+    plan = planned.outcome.plan
+    lives = planned.lives
+    warn_refusals(ctx, memory, body, planned.refusals, deployments.raw)
+    warn_delivery(ctx, memory, body, planned.outcome, deployments.raw)
+
+    # Order: shrink first, grow only into observed room, hold back small or too frequent growth. Live pods hold
+    # what planning.live counts; the env Deployments share the rest.
+    transitions, patches, observed = _transitions(
+        budget, planned.outcome, deployments.raw, view, now, now_text, lives
+    )
+    live_held = sum(held(d) for d in lives.values())
     hysteresis = Hysteresis(
         min_change_ratio=spec.rebalance.min_change_ratio,
         min_change_connections=spec.rebalance.min_change_connections,
         min_interval_seconds=spec.rebalance.min_interval_seconds,
     )
     steps = order_changes(
-        transitions, plan.available, limits_view.allow_growth, hysteresis, unmanaged=limits_view.unmanaged
+        transitions,
+        plan.available - live_held,
+        limits_view.allow_growth,
+        hysteresis,
+        unmanaged=limits_view.unmanaged,
     )
     waits = dict(steps.waiting)
     by_key = {t.key: t for t in transitions}
     applied = await _apply_in_order(ctx, memory, budget, body, steps, by_key, patches, waits, hysteresis)
     writes += applied.writes
     retry = sooner(retry, applied.retry)
-    if applied.changed:
+
+    # Live: the room env leaves (as sized, plus the growth just ordered) goes to pods, one annotation each.
+    env_held = sum(t.reserved for t in transitions) + sum(by_key[k].growth for k in steps.grow)
+    live = await deliver(
+        ctx,
+        memory,
+        budget,
+        body,
+        planned.outcome,
+        lives,
+        deployments.raw,
+        room=plan.available - env_held - live_held,
+        rounding_left=plan.available - planned.live_held_outside - plan.allocated,
+        allow_growth=limits_view.allow_growth,
+    )
+    writes += live.writes
+    if live.pending or live.fell_back:
+        retry = sooner(retry, PENDING_EVERY)
+    if applied.changed or live.writes:
         ctx.metrics.count_rebalance(name)
 
     # Status, conditions and the events of their transitions.
@@ -148,6 +185,12 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
         planned.metrics_update,
         ConditionUpdate(INVALID, "False", Reason.VALID),
     ]
+    if live.condition is not None:
+        updates.append(live.condition)
+    elif condition_of(previous.conditions, ALLOTMENTS_CONFIRMED) is not None:
+        updates.append(
+            ConditionUpdate(ALLOTMENTS_CONFIRMED, "Unknown", Reason.NO_LIVE, "no live Deployments")
+        )
     warn_transitions(ctx, body, previous.conditions, updates)
     status = build_status(
         previous=previous,
@@ -162,7 +205,11 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
     )
     writes += await write_status(ctx, memory, body, status)
     ctx.metrics.record_plan(name, plan, observed)
-    memory.awaiting_rollouts = any(wait in (Wait.SHRINKS_IN_FLIGHT, Wait.NO_ROOM) for wait in waits.values())
+    memory.awaiting_rollouts = (
+        bool(live_pods or lives)
+        or any(m.live for m in planned.outcome.managed.values())
+        or any(wait in (Wait.SHRINKS_IN_FLIGHT, Wait.NO_ROOM) for wait in waits.values())
+    )
     return RoundResult(sooner(_next_round(spec, waits, by_key), retry), writes, tuple(applied.changed))
 
 
@@ -282,6 +329,8 @@ class _Planned:
     refusals: list[Refusal]
     metrics_update: ConditionUpdate
     demand_detail: dict[Key, str]
+    lives: dict[Key, LiveDeployment]  # live Deployments whose template is live, with their pods
+    live_held_outside: int  # what those hold outside the plan (pods taking no allotment, the reserve)
 
 
 async def _plan(
@@ -292,14 +341,17 @@ async def _plan(
     unmanaged: int,
     deployments: _Deployments,
     view: View,
+    live_pods: dict[Key, int],
 ) -> _Planned:
-    """Plan; again with what refused Deployments still hold, if any; again with the measured demand, if any.
+    """Plan; again with what refused Deployments still hold, if any; again with what live pods hold outside
+    the plan, if any; again with the measured demand, if any.
 
     ``unmanaged``: the connections others hold (the database's unmanaged ones), before the refused ones'."""
     name, spec = budget.name, budget.spec
     candidates, hpas, raw = deployments.candidates, deployments.hpas, deployments.raw
     namespace_labels = view.namespace_labels() if spec.namespace_selector is not None else None
-    outcome = plan_for_budget(budget, limits, candidates, hpas, namespace_labels, unmanaged=unmanaged)
+    replan = partial(plan_for_budget, budget, limits, candidates, hpas, namespace_labels, live_pods=live_pods)
+    outcome = replan(unmanaged=unmanaged)
     refusals = [*deployments.refusals, *outcome.refused]
     # A refused Deployment that still has our settings keeps its pools: count them, or others grow into them.
     held: dict[Key, int] = {}
@@ -314,14 +366,21 @@ async def _plan(
             )
     unmanaged += sum(held.values())
     if held:
-        outcome = plan_for_budget(budget, limits, candidates, hpas, namespace_labels, unmanaged=unmanaged)
+        outcome = replan(unmanaged=unmanaged)
+    lives: dict[Key, LiveDeployment] = {}
+    if any(m.live for m in outcome.managed.values()):
+        await read_tags(ctx, memory)
+        lives = live_deployments(budget, outcome, raw, view, memory.live_tags)
+    outside = sum(held_outside_plan(d) for d in lives.values())
+    if outside:
+        outcome = replan(unmanaged=unmanaged, live_held=outside)
     demand, metrics_update, demand_detail = await read_demand(ctx, memory, budget, outcome)
     if demand:
-        outcome = plan_for_budget(budget, limits, candidates, hpas, namespace_labels, demand, unmanaged)
+        outcome = replan(demand=demand, unmanaged=unmanaged, live_held=outside)
     refusals = [
         still_counted(r, raw[r.namespace, r.name]) if (r.namespace, r.name) in held else r for r in refusals
     ]
-    return _Planned(outcome, held, refusals, metrics_update, demand_detail)
+    return _Planned(outcome, held, refusals, metrics_update, demand_detail, lives, outside)
 
 
 # ---------------------------------------------------------------------------------------------------- changes
@@ -334,9 +393,13 @@ def _transitions(
     view: View,
     now: datetime,
     now_text: str,
+    lives: dict[Key, LiveDeployment],
 ) -> tuple[list[Transition], dict[Key, Change], dict[Key, int]]:
     """Per planned Deployment: where it stands and where the plan takes it (for ``order_changes``), its patch
-    (when its env or stamps differ), and the connections its pods hold now."""
+    (when its env or stamps differ), and the connections its pods hold now.
+
+    A live Deployment's template goes to the floor (its one rollout); once there (in ``lives``) it has no
+    Transition: its pods are sized by their annotations, and a patch only puts its template back if edited."""
     spec = budget.spec
     transitions: list[Transition] = []
     patches: dict[Key, Change] = {}
@@ -348,7 +411,18 @@ def _transitions(
         pods = view.pods_of(key)
         observed[key] = observed_footprint(managed, pods)
         from_per_pod = template_per_pod(managed, deployment)
-        to_per_pod = target_per_pod(allocation)
+        to_per_pod = floor_per_pod(budget, managed) if managed.live else target_per_pod(allocation)
+        entries = (
+            live_env(budget, managed, deployment)
+            if managed.live
+            else desired_env(budget, managed, allocation)
+        )
+        desired = with_application_name(entries, deployment, managed_application_name(*key))
+        patch = apply_patch(deployment, budget.name, desired, to_per_pod, now_text, live=managed.live)
+        if key in lives:
+            if patch is not None:
+                patches[key] = Change(key, patch, deployment, from_per_pod, to_per_pod)
+            continue
         per_process_divisor = allocation.workload.processes_per_pod * allocation.workload.pools_per_process
         since = seconds_since_roll(deployment, now)
         transitions.append(
@@ -370,10 +444,6 @@ def _transitions(
                 else 0,
             )
         )
-        desired = with_application_name(
-            desired_env(budget, managed, allocation), deployment, managed_application_name(*key)
-        )
-        patch = apply_patch(deployment, budget.name, desired, to_per_pod, now_text)
         if patch is not None:
             patches[key] = Change(key, patch, deployment, from_per_pod, to_per_pod, allocation)
     return transitions, patches, observed
@@ -395,8 +465,11 @@ async def _apply_in_order(
     moving = set(steps.shrink) | set(steps.grow)
     first: list[Change] = [patches[k] for k in steps.shrink if k in patches]
     for key, change in patches.items():
+        t = by_key.get(key)
+        if t is None:
+            first.append(change)  # a live template put back as it should be: the same floor, no Transition
+            continue
         # Same connections, other entries (first opt-in, a timeout, PGAPPNAME): due once rolling is allowed.
-        t = by_key[key]
         if key not in moving and key not in waits and t.current_per_pod == t.target_per_pod:
             if touches_template(change.patch) and not _may_roll(t, hysteresis):
                 continue

@@ -16,7 +16,7 @@ from poolbudget.api.objects import Key, Obj
 from poolbudget.controller.state import BudgetMemory, Context
 from poolbudget.controller.status import OWNED_FIELDS, ConditionUpdate, status_differs, status_document
 from poolbudget.observe.objects import status_of, version_of
-from poolbudget.planning.budget import Refusal
+from poolbudget.planning.budget import BudgetOutcome, Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,21 @@ def warn_refusals(
                 body, "Refused", f"Deployment {refusal.namespace}/{refusal.name}: {refusal.message}"
             )
     memory.warned = current
+
+
+def warn_delivery(
+    ctx: Context, memory: BudgetMemory, body: Obj, outcome: BudgetOutcome, raw: Mapping[Key, Obj]
+) -> None:
+    """A Warning, once per distinct message, on each Deployment that asked for live delivery and stays on env."""
+    current: dict[Key, str] = {}
+    for key, managed in outcome.managed.items():
+        note = managed.delivery_note
+        if note is None:
+            continue
+        current[key] = note
+        if memory.delivery_warned.get(key) != note:
+            ctx.events.warning(raw[key], "LiveRefused", f"PoolBudget {memory.name}: {note}")
+    memory.delivery_warned = current
 
 
 def warn_transitions(

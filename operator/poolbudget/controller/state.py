@@ -19,6 +19,7 @@ from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.objects import Key, Obj
 from poolbudget.api.workloads import Deployment
 from poolbudget.controller.status import ConditionUpdate
+from poolbudget.observe.confirmations import PodTags
 from poolbudget.observe.objects import key_of, version_of
 from poolbudget.observe.pods import PodFacts
 from poolbudget.planning.demand import DemandState
@@ -34,6 +35,8 @@ class ClusterApi(Protocol):
     async def patch_deployment(
         self, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> dict[str, Any]: ...
+
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]: ...
 
     async def patch_budget_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]: ...
 
@@ -107,12 +110,21 @@ class BudgetMemory:
     demand_read_at: float | None = None
     demand_state: DemandState | None = None
     warned: dict[Key, str] = field(default_factory=dict)  # refusal events posted, by Deployment
+    delivery_warned: dict[Key, str] = field(default_factory=dict)  # live refused: events posted
     own_writes: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     own_status: tuple[str, dict[str, Any]] | None = None
     parsed: dict[Key, tuple[str, Deployment | str]] = field(default_factory=dict)  # by resourceVersion
     last_round: float | None = None
     uid: str | None = None  # the object it belongs to: a budget re-created under the name is another
-    awaiting_rollouts: bool = False  # growth waits for pods to go: pod and rollout events matter
+    awaiting_rollouts: bool = False  # growth waits for pods to go, or pods are live: pod events matter
+    # Live delivery: the confirmation tags last read, the allotments written (generation, when) per pod, the
+    # Deployments some pod of which answered, since when each is live, the late confirmations warned about.
+    live_tags: dict[str, PodTags] = field(default_factory=dict)
+    live_tags_read_at: float | None = None
+    live_written: dict[tuple[Key, str], tuple[int, float]] = field(default_factory=dict)
+    live_seen: set[Key] = field(default_factory=set)
+    live_since: dict[Key, float] = field(default_factory=dict)
+    live_warned: set[tuple[Key, str, int]] = field(default_factory=set)
     deleted: bool = False
 
 

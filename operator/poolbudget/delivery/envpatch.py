@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from poolbudget.api.annotations import (
+    ALLOTMENT,
+    ALLOTMENT_ITEM,
+    ALLOTMENT_MOUNT_PATH,
+    ALLOTMENT_VOLUME,
     APPLICATION_NAME_ENV,
     DEPLOYMENT_ANNOTATIONS,
     MANAGED_BY,
@@ -24,6 +28,7 @@ from poolbudget.api.annotations import (
     ROLLED_AT,
     STAMP_BUDGET,
     STAMP_CONNECTIONS,
+    STAMP_DELIVERY,
     TEMPLATE_ANNOTATIONS,
 )
 from poolbudget.api.objects import Obj
@@ -31,6 +36,7 @@ from poolbudget.observe.objects import (
     annotations_of,
     env_entry,
     metadata_of,
+    spec_of,
     template_containers,
     template_of,
 )
@@ -43,7 +49,7 @@ class OwnedEntry:
     """One env entry poolbudget owns: what was there before it (None: nothing) and the value it wrote."""
 
     original: Patch | None
-    written: str
+    written: str | Patch  # a literal value, or {"valueFrom": ...}
     position: int | None = None  # where the original stood in the container's env, for the record
 
 
@@ -75,7 +81,7 @@ def read_record(annotations: Mapping[str, str]) -> Record:
             continue
         owned: dict[str, OwnedEntry] = {}
         for name, entry in stored["env"].items():
-            if isinstance(entry, dict) and isinstance(entry.get("written"), str):
+            if isinstance(entry, dict) and isinstance(entry.get("written"), str | dict):
                 original = entry.get("original")
                 position = entry.get("position")
                 owned[name] = OwnedEntry(
@@ -108,25 +114,56 @@ def dump_record(record: Record) -> str:
 
 def _ours(entry: Patch | None, owned: OwnedEntry) -> bool:
     """Whether an env entry still holds what poolbudget wrote (not changed by someone since)."""
-    return entry is not None and "valueFrom" not in entry and entry.get("value", "") == owned.written
+    if entry is None:
+        return False
+    if isinstance(owned.written, dict):
+        return "value" not in entry and entry.get("valueFrom") == owned.written.get("valueFrom")
+    return "valueFrom" not in entry and entry.get("value", "") == owned.written
+
+
+def _written_item(name: str, value: str | Patch, current: Patch | None) -> Patch:
+    """The env patch item that writes ``value`` over ``current``."""
+    if isinstance(value, dict):
+        item: Patch = {"name": name, **copy.deepcopy(value)}
+        if current is not None and "value" in current:
+            item["value"] = None
+        return item
+    item = {"name": name, "value": value}
+    if current is not None and "valueFrom" in current:
+        item["valueFrom"] = None  # a value and a valueFrom together are invalid
+    return item
+
+
+Desired = Mapping[
+    str, Mapping[str, "str | Patch"]
+]  # container -> env name -> literal value or {"valueFrom": ...}
 
 
 def with_application_name(
-    desired: Mapping[str, Mapping[str, str]], deployment: Obj, application_name: str
-) -> dict[str, dict[str, str]]:
+    desired: Desired, deployment: Obj, application_name: str
+) -> dict[str, dict[str, str | Patch]]:
     """``desired`` plus ``PGAPPNAME`` in each container where the user has not set it (or where it is ours)."""
+    return unless_set(desired, deployment, {APPLICATION_NAME_ENV: application_name})
+
+
+def unless_set(
+    desired: Desired, deployment: Obj, defaults: Mapping[str, str | Patch]
+) -> dict[str, dict[str, str | Patch]]:
+    """``desired`` plus each of ``defaults`` in each container where the user has not set it (or where the
+    entry there is the one poolbudget wrote)."""
     record = read_record(annotations_of(deployment))
     containers = template_containers(deployment)
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, str | Patch]] = {}
     for name, entries in desired.items():
         out[name] = dict(entries)
-        if APPLICATION_NAME_ENV in entries:
-            continue
-        found = env_entry(containers.get(name, {}), APPLICATION_NAME_ENV)
         stored = record.get(name)
-        owned = stored.entries.get(APPLICATION_NAME_ENV) if stored is not None else None
-        if found is None or (owned is not None and _ours(found[1], owned)):
-            out[name][APPLICATION_NAME_ENV] = application_name
+        for env_name, value in defaults.items():
+            if env_name in entries:
+                continue
+            found = env_entry(containers.get(name, {}), env_name)
+            owned = stored.entries.get(env_name) if stored is not None else None
+            if found is None or (owned is not None and _ours(found[1], owned)):
+                out[name][env_name] = value
     return out
 
 
@@ -177,19 +214,64 @@ def _empty_after(container: Mapping[str, Any], items: list[Patch], had_env: bool
     return bool(deleted) and not remaining
 
 
+def allotment_volume() -> Patch:
+    """Live delivery's downward-API volume: the pod's ``poolbudget.io/allotment`` annotation as a file."""
+    field_path = f"metadata.annotations['{ALLOTMENT}']"
+    return {
+        "name": ALLOTMENT_VOLUME,
+        "downwardAPI": {"items": [{"path": ALLOTMENT_ITEM, "fieldRef": {"fieldPath": field_path}}]},
+    }
+
+
+def _named(items: Any, name: str) -> list[Mapping[str, Any]]:
+    return [i for i in items or [] if isinstance(i, dict) and i.get("name") == name]
+
+
+def _volume_patch(deployment: Obj, live: bool) -> list[Patch]:
+    """The pod's volume list items: the allotment volume added (live) or deleted (not live, or restored)."""
+    present = _named(spec_of(template_of(deployment)).get("volumes"), ALLOTMENT_VOLUME)
+    wanted = allotment_volume()
+    if live:
+        return [] if present and dict(present[0]) == wanted else [wanted]
+    return [{"name": ALLOTMENT_VOLUME, "$patch": "delete"}] if present else []
+
+
+def _mount_patch(container: Mapping[str, Any], live: bool) -> list[Patch]:
+    """A container's volumeMounts items (merge key mountPath): the allotment mount added or deleted."""
+    present = _named(container.get("volumeMounts"), ALLOTMENT_VOLUME)
+    wanted = {"name": ALLOTMENT_VOLUME, "mountPath": ALLOTMENT_MOUNT_PATH, "readOnly": True}
+    if live:
+        return [] if any(dict(m) == wanted for m in present) else [wanted]
+    return [{"mountPath": m.get("mountPath"), "$patch": "delete"} for m in present]
+
+
+def _with_mounts(
+    patches: list[Patch], containers: Mapping[str, Mapping[str, Any]], live: set[str]
+) -> list[Patch]:
+    """The container patches, with each container's mount items (live containers get it, others lose it)."""
+    by_name = {p["name"]: p for p in patches}
+    for name, container in containers.items():
+        mounts = _mount_patch(container, name in live)
+        if mounts:
+            by_name.setdefault(name, {"name": name})["volumeMounts"] = mounts
+    return [by_name[name] for name in containers if name in by_name]
+
+
 def apply_patch(
     deployment: Obj,
     budget: str,
-    desired: Mapping[str, Mapping[str, str]],
+    desired: Desired,
     per_pod: int,
     now: str,
+    live: bool = False,
 ) -> Patch | None:
     """The patch that gives ``deployment`` the env entries ``desired`` (container -> name -> value).
 
     Records what each entry overwrote the first time poolbudget owns it (and again whenever someone changed the
     entry since poolbudget wrote it: their value becomes the one to restore); entries it owned but no longer
     writes (another profile, another container) are restored. Stamps the pod template with ``per_pod``
-    connections and the budget. None when the Deployment already carries all of it.
+    connections and the budget. ``live``: the named containers also get the allotment volume mounted (and the
+    template the live stamp); without it, they are taken out. None when the Deployment already carries all of it.
     """
     containers = template_containers(deployment)
     old_record = read_record(annotations_of(deployment))
@@ -215,10 +297,7 @@ def apply_patch(
                 original = copy.deepcopy(current)  # first time, or changed by someone since
             owned[env_name] = OwnedEntry(original, value, position)
             if not _ours(current, owned[env_name]):
-                item: Patch = {"name": env_name, "value": value}
-                if current is not None and "valueFrom" in current:
-                    item["valueFrom"] = None  # a value and a valueFrom together are invalid
-                items.append(item)
+                items.append(_written_item(env_name, value, current))
         items += _restore_items(container, {n: e for n, e in previous.items() if n not in wanted})
         if owned:
             record[container_name] = ContainerRecord(owned, had_env)
@@ -226,8 +305,11 @@ def apply_patch(
         if patch is not None:
             container_patches.append(patch)
 
+    container_patches = _with_mounts(container_patches, containers, set(desired) if live else set())
+    volumes = _volume_patch(deployment, live)
     template_annotations = annotations_of(template_of(deployment))
-    stamps = {STAMP_CONNECTIONS: str(per_pod), STAMP_BUDGET: budget}
+    stamps: dict[str, str | None] = {STAMP_CONNECTIONS: str(per_pod), STAMP_BUDGET: budget}
+    stamps[STAMP_DELIVERY] = "live" if live else None
     stamp_patch = {k: v for k, v in stamps.items() if template_annotations.get(k) != v}
     annotations = annotations_of(deployment)
     meta_patch: Patch = {}
@@ -236,16 +318,24 @@ def apply_patch(
     dumped = dump_record(record)
     if annotations.get(ORIGINAL_ENV) != dumped:
         meta_patch[ORIGINAL_ENV] = dumped
-    if not (container_patches or stamp_patch or meta_patch):
+    if not (container_patches or stamp_patch or meta_patch or volumes):
         return None
     template_patch: Patch = {}
-    if container_patches or stamp_patch:
+    if container_patches or stamp_patch or volumes:
         meta_patch[ROLLED_AT] = now  # the template changes: every pod restarts
     if stamp_patch:
         template_patch["metadata"] = {"annotations": stamp_patch}
-    if container_patches:
-        template_patch["spec"] = {"containers": container_patches}
+    template_patch.update(_spec_patch(container_patches, volumes))
     return _deployment_patch(deployment, meta_patch, template_patch)
+
+
+def _spec_patch(containers: list[Patch], volumes: list[Patch]) -> Patch:
+    spec: Patch = {}
+    if containers:
+        spec["containers"] = containers
+    if volumes:
+        spec["volumes"] = volumes
+    return {"spec": spec} if spec else {}
 
 
 def restore_patch(deployment: Obj) -> Patch | None:
@@ -271,14 +361,14 @@ def restore_patch(deployment: Obj) -> Patch | None:
         )
         if patch is not None:
             container_patches.append(patch)
+    container_patches = _with_mounts(container_patches, containers, set())
     template_patch: Patch = {}
     ours = [k for k in TEMPLATE_ANNOTATIONS if k in template_annotations]
     if ours:
         # An emptied map would stay behind as `annotations: {}` where the original had none.
         emptied = set(template_annotations) <= set(ours)
         template_patch["metadata"] = {"annotations": None if emptied else dict.fromkeys(ours)}
-    if container_patches:
-        template_patch["spec"] = {"containers": container_patches}
+    template_patch.update(_spec_patch(container_patches, _volume_patch(deployment, live=False)))
     meta_patch: Patch = {k: None for k in DEPLOYMENT_ANNOTATIONS if k in annotations}
     return _deployment_patch(deployment, meta_patch, template_patch, drop_empty=True)
 

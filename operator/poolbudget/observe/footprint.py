@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from poolbudget.api.allotment import parse_allotment
 from poolbudget.api.annotations import ROLLED_AT, STAMP_CONNECTIONS
 from poolbudget.api.objects import Obj
 from poolbudget.observe.objects import (
@@ -66,11 +67,16 @@ def target_per_pod(allocation: Allocation) -> int:
     return w.processes_per_pod * w.pools_per_process * allocation.per_process
 
 
-def pod_connections(managed: Managed, pod: PodFacts) -> int:
-    """Connections a pod holds: its stamp, or what its own env says."""
-    if pod.stamp is not None:
-        return pod.stamp
-    return per_pod_from_env(managed, pod.env)
+def pod_connections(managed: Managed, pod: PodFacts, allotment: bool = True) -> int:
+    """Connections a pod holds: its stamp, or what its own env says; for a live pod (with ``allotment``), at
+    least the ceiling of the allotment written on it."""
+    held = pod.stamp if pod.stamp is not None else per_pod_from_env(managed, pod.env)
+    if allotment and pod.live and pod.allotment is not None:
+        read = parse_allotment(pod.allotment).allotment
+        if read is not None:
+            w = managed.workload
+            held = max(held, w.processes_per_pod * w.pools_per_process * read.ceiling)
+    return held
 
 
 def observed_footprint(managed: Managed, pods: Iterable[PodFacts]) -> int:

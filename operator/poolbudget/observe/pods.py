@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from poolbudget.api.annotations import STAMP_BUDGET, STAMP_CONNECTIONS
+from poolbudget.api.annotations import ALLOTMENT, STAMP_BUDGET, STAMP_CONNECTIONS, STAMP_DELIVERY
 from poolbudget.api.objects import Key, Obj
 from poolbudget.observe.objects import env_by_container, mapping, metadata_of, spec_of, stamp_of
 
@@ -29,6 +29,9 @@ class PodFacts:
     stamp: int | None = None
     budget: str | None = None
     env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    uid: str = ""
+    live: bool = False  # started from a live template: its processes follow the allotment file
+    allotment: str | None = None  # its poolbudget.io/allotment annotation, as written
 
     @property
     def key(self) -> Key:
@@ -63,4 +66,7 @@ def pod_facts(pod: Obj) -> PodFacts | None:
         stamp=stamp,
         budget=annotations.get(STAMP_BUDGET),
         env={} if stamp is not None else env_by_container(spec_of(pod)),
+        uid=str(metadata.get("uid", "")),
+        live=annotations.get(STAMP_DELIVERY) == "live",
+        allotment=annotations.get(ALLOTMENT),
     )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from poolbudget.api.annotations import CONTAINER
+from poolbudget.api.annotations import CONTAINER, LIVE_FALLBACK
 from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.objects import Key
@@ -41,6 +41,9 @@ class Managed:
     profile: Profile
     containers: tuple[Container, ...]
     workload: Workload
+    live: bool = False  # delivered live (its template follows allotments), else by env
+    peak_pods: int = 0  # the most pods it may run at once (the env plan's pods); live plans count its pods
+    delivery_note: str | None = None  # why it asked for live delivery but stays on env (a Warning event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +84,38 @@ def _select_containers(deployment: Deployment, opt_in: OptIn) -> tuple[Container
     return tuple(by_name[name] for name in opt_in.containers)
 
 
+def delivery_mode(
+    budget: PoolBudget, opt_in: OptIn, profile: Profile, annotations: Mapping[str, str]
+) -> tuple[bool, str | None]:
+    """Whether the Deployment is delivered live, and when it asked for live but stays on env, why."""
+    if (opt_in.delivery or budget.spec.delivery.mode) != "live":
+        return False, None
+    if not profile.live:
+        return False, (
+            f"profile {profile.name} cannot follow live allotments (live serves psycopg-pool, sqlalchemy and "
+            f"custom profiles with live: true): delivered by env"
+        )
+    fallback = annotations.get(LIVE_FALLBACK)
+    if fallback:
+        return False, None  # said once, when it fell back; the annotation says why
+    return True, None
+
+
 def manage(
     budget: PoolBudget,
     deployment: Deployment,
     hpas: Iterable[HorizontalPodAutoscaler] = (),
     demand_per_process: int | None = None,
+    live_pods: int | None = None,
 ) -> Managed:
-    """How the planner sees one opted-in Deployment; AnnotationError or ProfileError when it cannot."""
+    """How the planner sees one opted-in Deployment; AnnotationError or ProfileError when it cannot.
+
+    ``live_pods``: the pods that follow live allotments now; a live Deployment is planned for those (its peak
+    is kept for the reserve), an env one for its peak."""
     spec = budget.spec
     opt_in = parse_opt_in(deployment.metadata.annotations)
     profile = resolve_profile(opt_in.profile or spec.defaults.profile, spec.profiles)
+    live, delivery_note = delivery_mode(budget, opt_in, profile, deployment.metadata.annotations)
     containers = _select_containers(deployment, opt_in)
     hpa = next((h for h in hpas if h.targets(deployment)), None)
     sized_for = None
@@ -105,6 +130,9 @@ def manage(
         spec.sizing.count_surge,
         spec.sizing.rollout_overlap,
     )
+    peak = pods
+    if live:
+        pods, pods_reason = live_pods or 0, f"{live_pods or 0} following live (peak {peak}: {pods_reason})"
     replicas = sized_for if sized_for is not None else deployment.spec.replicas
     rolling = deployment.spec.strategy.type != "Recreate"
     processes, processes_reason = _processes(opt_in, containers)
@@ -128,7 +156,7 @@ def manage(
         pods_reason=pods_reason,
         processes_reason=processes_reason,
     )
-    return Managed(deployment, opt_in, profile, containers, workload)
+    return Managed(deployment, opt_in, profile, containers, workload, live, peak, delivery_note)
 
 
 def plan_for_budget(
@@ -139,6 +167,8 @@ def plan_for_budget(
     namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     demand: Mapping[Key, int] | None = None,
     unmanaged: int = 0,
+    live_pods: Mapping[Key, int] | None = None,
+    live_held: int = 0,
 ) -> BudgetOutcome:
     """Plan one budget over the Deployments that name it.
 
@@ -162,10 +192,19 @@ def plan_for_budget(
             continue
         try:
             managed[deployment.key] = manage(
-                budget, deployment, hpas_by_target.get(deployment.key, ()), (demand or {}).get(deployment.key)
+                budget,
+                deployment,
+                hpas_by_target.get(deployment.key, ()),
+                (demand or {}).get(deployment.key),
+                (live_pods or {}).get(deployment.key),
             )
         except (AnnotationError, ProfileError) as exc:
             refused.append(Refusal(ns, name, str(exc)))
     availability = compute_available(limits, budget.spec.reserved, unmanaged)
-    plan = plan_budget(budget.name, availability, (m.workload for m in managed.values()))
+    workloads = (m.workload for m in managed.values())
+    if not live_held:
+        return BudgetOutcome(plan_budget(budget.name, availability, workloads), managed, tuple(refused))
+    # What live pods hold outside the plan is not given out; the plan still reports the true `available`.
+    less = replace(availability, available=max(0, availability.available - live_held))
+    plan = replace(plan_budget(budget.name, less, workloads), availability=availability)
     return BudgetOutcome(plan, managed, tuple(refused))

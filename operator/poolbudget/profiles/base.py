@@ -44,6 +44,7 @@ class Profile:
     read: Read
     pools_per_process: int = 1
     has_overflow: bool = True
+    live: bool = False  # the app can follow live allotments (poolbudget_client serves it)
 
     def owned_names(self, current_env: Mapping[str, str]) -> list[str]:
         """Names of the env entries this profile writes for this container."""

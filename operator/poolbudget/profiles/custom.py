@@ -40,4 +40,4 @@ def custom_profile(spec: CustomProfile) -> Profile:
             return PoolSettings(found["poolSize"], found.get("maxOverflow", 0))
         return None
 
-    return Profile(spec.name, render, read, spec.pools_per_process, spec.overflow)
+    return Profile(spec.name, render, read, spec.pools_per_process, spec.overflow, live=spec.live)

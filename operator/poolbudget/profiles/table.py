@@ -55,13 +55,15 @@ class EnvTable:
     def _timeout(self, env: Mapping[str, str]) -> int:
         return parse_int(env, self.pool_timeout, self.defaults.pool_timeout) if self.pool_timeout else 30
 
-    def profile(self, name: str, pools_per_process: int = 1) -> Profile:
-        return Profile(name, self.render, self.read, pools_per_process, has_overflow=self.max_size is None)
+    def profile(self, name: str, pools_per_process: int = 1, live: bool = False) -> Profile:
+        return Profile(
+            name, self.render, self.read, pools_per_process, has_overflow=self.max_size is None, live=live
+        )
 
 
 SQLALCHEMY = EnvTable(
     "DB_POOL_SIZE", "DB_MAX_OVERFLOW", pool_timeout="DB_POOL_TIMEOUT", pool_recycle="DB_POOL_RECYCLE"
-).profile(ProfileName.SQLALCHEMY)
+).profile(ProfileName.SQLALCHEMY, live=True)
 
 # Recent Letta defaults to NullPool (LETTA_DISABLE_SQLALCHEMY_POOLING), which ignores pool sizes: turn it off.
 LETTA = EnvTable(
@@ -94,4 +96,4 @@ PSYCOPG_POOL = EnvTable(
     max_size="DB_POOL_MAX_SIZE",
     pool_timeout="DB_POOL_TIMEOUT",
     defaults=PoolSettings(4, 0, 30, 1800),
-).profile(ProfileName.PSYCOPG_POOL)
+).profile(ProfileName.PSYCOPG_POOL, live=True)
