@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from poolbudget.adapters.errors import KubernetesError, NotFound
 from poolbudget.adapters.postgres import DatabaseError, read_client_backends
 from poolbudget.api.allotment import parse_allotment, pod_tag_id
-from poolbudget.api.annotations import LIVE_FALLBACK, STAMP_DELIVERY
+from poolbudget.api.annotations import ALLOTMENT, LIVE_FALLBACK, STAMP_DELIVERY
 from poolbudget.api.conditions import ALLOTMENTS_CONFIRMED, Reason
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.objects import Key, Obj
@@ -80,11 +80,12 @@ def live_deployments(
     view: View,
     tags: Mapping[str, PodTags],
 ) -> dict[Key, LiveDeployment]:
-    """The live Deployments whose template is live, with their pods as ``planning.live`` sees them."""
+    """The Deployments whose template is live, with their pods as ``planning.live`` sees them: those delivered
+    live, and those going back to env whose pods still hold allotments above the floor (they shrink first)."""
     out: dict[Key, LiveDeployment] = {}
     floor = budget.spec.delivery.floor_per_process
     for key, managed in outcome.managed.items():
-        if not managed.live or not converted(raw[key]):
+        if not converted(raw[key]):
             continue
         w = managed.workload
         pools = w.processes_per_pod * w.pools_per_process
@@ -105,7 +106,11 @@ def live_deployments(
                 )
             )
         present = sum(1 for p in pods if not p.terminating)
-        out[key] = LiveDeployment(key, pools, floor, max(0, managed.peak_pods - present), tuple(pods))
+        d = LiveDeployment(
+            key, pools, floor, max(0, managed.peak_pods - present), tuple(pods), leaving=not managed.live
+        )
+        if managed.live or not d.drained():
+            out[key] = d
     return out
 
 
@@ -135,13 +140,16 @@ async def deliver(
 
     ``rounding_left``: what the plan could not give out in whole per-process steps; it goes one step per pod."""
     result = LiveRound()
+    floor = budget.spec.delivery.floor_per_process
     if not lives:
         memory.live_written.clear()
         return result
     by_key = {a.workload.key: a for a in outcome.plan.allocations}
-    levels = {k: by_key[k].per_process for k in lives}
+    levels = {k: floor if d.leaving else by_key[k].per_process for k, d in lives.items()}
     maximums = {k: outcome.managed[k].workload.max_per_process for k in lives}
-    wanting = any(by_key[k].per_process < by_key[k].workload.demand_cap for k in lives)
+    wanting = any(
+        by_key[k].per_process < by_key[k].workload.demand_cap for k, d in lives.items() if not d.leaving
+    )
     targets = pod_levels(lives.values(), levels, maximums, rounding_left if wanting else 0)
 
     def splitter(key: Key, level: int) -> tuple[int, int]:
@@ -168,8 +176,8 @@ async def deliver(
                     unconfirmed.append(f"{key[0]}/{pod.name}")
                     _warn_once(ctx, memory, raw[key], key, pod, timeout)
         started = memory.live_since.setdefault(key, now)
-        if key not in memory.live_seen and d.following() and now - started >= timeout:
-            result.writes += await _fall_back(ctx, memory, budget, body, raw[key], timeout)
+        if not d.leaving and key not in memory.live_seen and d.following() and now - started >= timeout:
+            result.writes += await _fall_back(ctx, memory, budget, body, raw[key], d, timeout)
             result.fell_back.append(key)
     memory.live_since = {k: v for k, v in memory.live_since.items() if k in lives}
     result.condition = _condition(lives, unconfirmed, pending, timeout)
@@ -233,9 +241,17 @@ def _warn_once(
 
 
 async def _fall_back(
-    ctx: Context, memory: BudgetMemory, budget: PoolBudget, body: Obj, deployment: Obj, waited: int
+    ctx: Context,
+    memory: BudgetMemory,
+    budget: PoolBudget,
+    body: Obj,
+    deployment: Obj,
+    live: LiveDeployment,
+    waited: int,
 ) -> int:
-    """No pod of the Deployment ever answered: mark it for env delivery (the next round rolls it once)."""
+    """No pod of the Deployment ever answered: mark it for env delivery (the next round rolls it once), and take
+    the allotments off its pods. No tag means no process follows them with a connection open (the helper keeps
+    one open once it applied one), so the pods hold their floor, and the env rollout may grow from there."""
     reason = (
         f"no pod confirmed a live allotment within {waited} s (the app does not use poolbudget_client, or "
         f"cannot reach the database): delivered by env; remove this annotation to try live again"
@@ -249,9 +265,18 @@ async def _fall_back(
         return 0
     memory.own_writes[key] = (version_of(deployment), after)
     memory.live_since.pop(key, None)
+    writes = 1
+    for pod in live.pods:
+        if pod.allotment is None:
+            continue
+        try:
+            await ctx.cluster.patch_pod(ns, pod.name, {"metadata": {"annotations": {ALLOTMENT: None}}})
+            writes += 1
+        except KubernetesError as exc:
+            logger.warning("PoolBudget %s: %s", budget.name, exc)
     ctx.events.warning(deployment, "LiveFallback", reason)
     ctx.events.warning(body, "LiveFallback", f"Deployment {ns}/{name}: {reason}")
-    return 1
+    return writes
 
 
 def _condition(

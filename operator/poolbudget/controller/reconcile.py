@@ -420,7 +420,8 @@ def _transitions(
         desired = with_application_name(entries, deployment, managed_application_name(*key))
         patch = apply_patch(deployment, budget.name, desired, to_per_pod, now_text, live=managed.live)
         if key in lives:
-            if patch is not None:
+            # Live: its template put back if edited. Leaving live: its pods shrink to the floor first.
+            if patch is not None and not lives[key].leaving:
                 patches[key] = Change(key, patch, deployment, from_per_pod, to_per_pod)
             continue
         per_process_divisor = allocation.workload.processes_per_pod * allocation.workload.pools_per_process

@@ -215,11 +215,12 @@ def _empty_after(container: Mapping[str, Any], items: list[Patch], had_env: bool
 
 
 def allotment_volume() -> Patch:
-    """Live delivery's downward-API volume: the pod's ``poolbudget.io/allotment`` annotation as a file."""
-    field_path = f"metadata.annotations['{ALLOTMENT}']"
+    """Live delivery's downward-API volume: the pod's ``poolbudget.io/allotment`` annotation as a file. With
+    the defaults the API server fills in, so that the stored volume compares equal to it."""
+    field_ref = {"apiVersion": "v1", "fieldPath": f"metadata.annotations['{ALLOTMENT}']"}
     return {
         "name": ALLOTMENT_VOLUME,
-        "downwardAPI": {"items": [{"path": ALLOTMENT_ITEM, "fieldRef": {"fieldPath": field_path}}]},
+        "downwardAPI": {"defaultMode": 420, "items": [{"path": ALLOTMENT_ITEM, "fieldRef": field_ref}]},
     }
 
 

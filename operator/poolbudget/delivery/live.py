@@ -26,8 +26,8 @@ from poolbudget.profiles import PoolSettings
 ALLOTMENT_FILE = f"{ALLOTMENT_MOUNT_PATH}/{ALLOTMENT_ITEM}"
 
 _POD_FIELDS: dict[str, str | Patch] = {
-    POD_NAME_ENV: {"valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-    POD_UID_ENV: {"valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+    POD_NAME_ENV: {"valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+    POD_UID_ENV: {"valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.uid"}}},
 }
 
 

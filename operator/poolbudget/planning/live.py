@@ -45,6 +45,14 @@ class LiveDeployment:
     floor: int  # per-pool connections before the first allotment
     reserve_pods: int  # pods that may appear before the operator reacts
     pods: tuple[LivePod, ...]
+    leaving: bool = False  # going back to env: its pods shrink to the floor before its env rollout
+
+    def drained(self) -> bool:
+        """Leaving, and no pod may hold more than its floor by its allotment any more."""
+        return all(
+            (level := committed_level(p)) is None or self.pools_per_pod * level <= p.floor_cost
+            for p in self.pods
+        )
 
     @property
     def reserve(self) -> int:
