@@ -7,6 +7,8 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ from poolbudget.api.manifests import ManifestError, Manifests, load_manifests
 from poolbudget.api.models import PoolBudget
 from poolbudget.api.workloads import budget_of
 from poolbudget.delivery.env import desired_env
+from poolbudget.delivery.live import live_env
 from poolbudget.planning.budget import BudgetOutcome, Refusal, plan_for_budget
+from poolbudget.planning.live import offline_reserve
 from poolbudget.runtime.runner import run_operator
 
 EXIT_OK, EXIT_INVALID, EXIT_OVERCOMMITTED = 0, 2, 3
@@ -46,6 +50,21 @@ def _limits_for(budget: PoolBudget, args: argparse.Namespace) -> DatabaseLimits:
     return DatabaseLimits(budget.spec.database.max_connections, source="spec")
 
 
+def with_delivery(manifests: Manifests, mode: str) -> Manifests:
+    """The manifests with every budget's ``spec.delivery.mode`` set to ``mode`` (``plan --delivery``)."""
+    budgets = [
+        b.model_copy(
+            update={
+                "spec": b.spec.model_copy(
+                    update={"delivery": b.spec.delivery.model_copy(update={"mode": mode})}
+                )
+            }
+        )
+        for b in manifests.budgets
+    ]
+    return replace(manifests, budgets=budgets)
+
+
 def plan_manifests(
     manifests: Manifests, args: argparse.Namespace
 ) -> tuple[list[BudgetOutcome], list[Refusal]]:
@@ -63,12 +82,32 @@ def plan_manifests(
     outcomes = []
     for budget in sorted(manifests.budgets, key=lambda b: b.name):
         drawing = [d for d in manifests.deployments if budget_of(d.metadata.annotations) == budget.name]
-        outcomes.append(
-            plan_for_budget(
-                budget, _limits_for(budget, args), drawing, manifests.hpas, manifests.namespace_labels
-            )
+        plan = partial(
+            plan_for_budget,
+            budget,
+            _limits_for(budget, args),
+            drawing,
+            manifests.hpas,
+            manifests.namespace_labels,
         )
+        outcome = plan()
+        if any(m.live for m in outcome.managed.values()):
+            # Live, offline: each Deployment's replicas are taken as its running pods (every pod allotted);
+            # the floor of every pod its HPA or surge may add is kept aside.
+            running = {d.key: d.spec.replicas if d.spec.replicas is not None else 1 for d in drawing}
+            outcome = plan(live_pods=running)
+            outcome = plan(live_pods=running, live_held=_live_reserve(budget, outcome))
+        outcomes.append(outcome)
     return outcomes, orphans
+
+
+def _live_reserve(budget: PoolBudget, outcome: BudgetOutcome) -> int:
+    live = [
+        (m.peak_pods, m.workload.pods, m.workload.processes_per_pod * m.workload.pools_per_process)
+        for m in outcome.managed.values()
+        if m.live
+    ]
+    return offline_reserve(budget.spec.delivery.floor_per_process, live)
 
 
 def _budget_document(budget: PoolBudget, outcome: BudgetOutcome) -> dict[str, Any]:
@@ -77,7 +116,13 @@ def _budget_document(budget: PoolBudget, outcome: BudgetOutcome) -> dict[str, An
     for allocation in plan.allocations:
         w = allocation.workload
         managed = outcome.managed[w.key]
-        env = desired_env(budget, managed, allocation)
+        if managed.live:
+            env = {
+                c: {k: v for k, v in e.items() if isinstance(v, str)}
+                for c, e in live_env(budget, managed, {}).items()
+            }
+        else:
+            env = desired_env(budget, managed, allocation)
         deployments.append(
             {
                 "namespace": w.namespace,
@@ -94,6 +139,7 @@ def _budget_document(budget: PoolBudget, outcome: BudgetOutcome) -> dict[str, An
                     {"name": c, "env": [{"name": k, "value": v} for k, v in entries.items()]}
                     for c, entries in env.items()
                 ],
+                "delivery": "live" if managed.live else "env",
             }
         )
     return {
@@ -102,6 +148,7 @@ def _budget_document(budget: PoolBudget, outcome: BudgetOutcome) -> dict[str, An
         "available": plan.available,
         "availableReason": plan.availability.reason,
         "allocated": plan.allocated,
+        "liveReserve": _live_reserve(budget, outcome),
         "feasible": plan.feasible,
         "shortfall": plan.shortfall,
         "deployments": deployments,
@@ -116,7 +163,8 @@ def _table(documents: list[dict[str, Any]]) -> str:
     for doc in documents:
         verdict = "fits" if doc["feasible"] else f"OVERCOMMITTED by {doc['shortfall']}"
         lines.append(f"PoolBudget {doc['name']}: available {doc['availableReason']}")
-        lines.append(f"  allocated {doc['allocated']} of {doc['available']}: {verdict}")
+        kept = f" (+{doc['liveReserve']} at the floor for live pods to come)" if doc["liveReserve"] else ""
+        lines.append(f"  allocated {doc['allocated']}{kept} of {doc['available']}: {verdict}")
         header = ("NAMESPACE", "DEPLOYMENT", "PROFILE", "PODS", "PROCS", "POOL", "OVERFLOW", "CONNECTIONS")
         rows = [header] + [
             (
@@ -131,7 +179,11 @@ def _table(documents: list[dict[str, Any]]) -> str:
             )
             for d in doc["deployments"]
         ]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        if any(d["delivery"] == "live" for d in doc["deployments"]):
+            # A DELIVERY column after PROFILE, only where something is live.
+            deliveries = ["DELIVERY"] + [d["delivery"] for d in doc["deployments"]]
+            rows = [(*r[:3], mode, *r[3:]) for r, mode in zip(rows, deliveries, strict=True)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += [
             "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
             for row in rows
@@ -144,6 +196,8 @@ def _table(documents: list[dict[str, Any]]) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     try:
         manifests = load_manifests(args.file)
+        if args.delivery:
+            manifests = with_delivery(manifests, args.delivery)
         if not manifests.budgets:
             raise UsageError("no PoolBudget found in " + ", ".join(args.file))
         outcomes, orphans = plan_manifests(manifests, args)
@@ -154,6 +208,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     documents = [_budget_document(by_name[o.plan.name], o) for o in outcomes]
     for refusal in [r for o in outcomes for r in o.refused] + orphans:
         print(f"warning: Deployment {refusal.namespace}/{refusal.name}: {refusal.message}", file=sys.stderr)
+    for outcome in outcomes:
+        for (ns, name), managed in outcome.managed.items():
+            if managed.delivery_note:
+                print(f"warning: Deployment {ns}/{name}: {managed.delivery_note}", file=sys.stderr)
     result = {"budgets": documents}
     if args.output == "json":
         print(json.dumps(result, indent=2))
@@ -202,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--max-connections", type=int, metavar="N", help="plan for this max_connections")
     source.add_argument("--database-url", metavar="URL", help="read the real limits from this database")
     plan.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    plan.add_argument(
+        "--delivery",
+        choices=("env", "live"),
+        help="plan every budget in this delivery mode (default: each budget's spec.delivery.mode); live takes "
+        "each Deployment's replicas as its running pods and keeps the floor aside for the pods to come",
+    )
     plan.set_defaults(func=cmd_plan)
 
     crd = sub.add_parser("crd", help="print the PoolBudget CustomResourceDefinition")

@@ -132,7 +132,7 @@ def manage(
     )
     peak = pods
     if live:
-        pods, pods_reason = live_pods or 0, f"{live_pods or 0} following live (peak {peak}: {pods_reason})"
+        pods, pods_reason = live_pods or 0, f"live: {live_pods or 0} running, peak {peak} = {pods_reason}"
     replicas = sized_for if sized_for is not None else deployment.spec.replicas
     rolling = deployment.spec.strategy.type != "Recreate"
     processes, processes_reason = _processes(opt_in, containers)

@@ -201,3 +201,10 @@ def grant(
         if new_level < target:
             waiting.append((d.key, pod.name))
     return Granted(tuple(out), tuple(waiting), room)
+
+
+def offline_reserve(floor: int, outcome: Iterable[tuple[int, int, int]]) -> int:
+    """What a live plan keeps aside offline (``poolbudget plan --delivery live``), where every replica is taken as
+    a running pod: the floor of each pod its peak may add. ``outcome``: (peak pods, running pods, pools per pod)
+    of each live Deployment."""
+    return sum(max(0, peak - running) * pools * floor for peak, running, pools in outcome)
