@@ -361,6 +361,8 @@ class DeploymentAllocation(Model):
     connections: int
     observed_connections: int | None = None
     reason: str = ""
+    delivery: Literal["live"] | None = None  # live delivery (absent: env)
+    confirmed_pods: int | None = None  # live: pods whose every process applied its allotment
 
 
 class PoolBudgetStatus(Model):

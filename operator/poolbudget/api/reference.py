@@ -94,6 +94,8 @@ STATUS_FIELDS: dict[str, str] = {
     "DeploymentAllocation.connections": "pods x processes x pools x (poolSize + maxOverflow).",
     "DeploymentAllocation.observedConnections": "The footprint of the pods that exist now, old settings included.",
     "DeploymentAllocation.reason": "Why these numbers, in words.",
+    "DeploymentAllocation.delivery": "`live` for live delivery (absent: env); its pods are the running ones.",
+    "DeploymentAllocation.confirmedPods": "Live: pods whose every process confirmed its allotment.",
     "Condition.lastTransitionTime": "When `status` last changed (RFC 3339).",
     "Condition.observedGeneration": "The spec generation the condition was computed from.",
 }

@@ -135,7 +135,10 @@ def steady_demand_detail(detail: str) -> str:
 
 
 def allocations(
-    plan: BudgetPlan, waits: Mapping[Key, Wait], demand_detail: Mapping[Key, str] | None = None
+    plan: BudgetPlan,
+    waits: Mapping[Key, Wait],
+    demand_detail: Mapping[Key, str] | None = None,
+    confirmed: Mapping[Key, int] | None = None,
 ) -> list[DeploymentAllocation]:
     """Per Deployment: the planned settings and why, how its demand was decided (demand mode), and what holds
     the change back if anything does."""
@@ -160,6 +163,8 @@ def allocations(
                 max_overflow=a.max_overflow,
                 connections=a.connections,
                 reason=reason,
+                delivery="live" if confirmed is not None and w.key in confirmed else None,
+                confirmed_pods=(confirmed or {}).get(w.key),
             )
         )
     return out
@@ -190,11 +195,13 @@ def build_status(
     generation: int | None,
     demand_detail: Mapping[Key, str] | None = None,
     held: Mapping[Key, int] | None = None,
+    confirmed: Mapping[Key, int] | None = None,
 ) -> PoolBudgetStatus:
     """The status after a round. Without a plan (invalid spec, no limits), the numbers are kept as they were.
 
     ``demand_detail`` explains each Deployment's demand (demand mode); ``held`` maps refused Deployments that
-    still carry this budget's settings to the connections counted for them.
+    still carry this budget's settings to the connections counted for them; ``confirmed``, per live
+    Deployment, its pods that applied their allotment.
     """
     conditions = merge_conditions(previous.conditions, updates, now, generation)
     ready = condition_of(conditions, READY)
@@ -215,7 +222,7 @@ def build_status(
         limits_source=limits_source,
         available_reason=available_reason(plan, held),
         shortfall=plan.shortfall,
-        allocations=allocations(plan, waits, demand_detail),
+        allocations=allocations(plan, waits, demand_detail, confirmed),
         conditions=conditions,
         observed_generation=generation,
     )

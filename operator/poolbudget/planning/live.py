@@ -58,6 +58,14 @@ class LiveDeployment:
     def reserve(self) -> int:
         return self.reserve_pods * self.pools_per_pod * self.floor
 
+    def confirmed_pods(self) -> int:
+        """Following pods whose every process applied the allotment written on it."""
+        return sum(
+            1
+            for p in self.following()
+            if p.allotment is not None and p.confirmed is not None and p.confirmed >= p.allotment.generation
+        )
+
     def following(self) -> list[LivePod]:
         """The pods that take allotments: started from the live template, not terminating."""
         return [p for p in self.pods if p.follows and not p.terminating]
