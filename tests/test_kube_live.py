@@ -242,3 +242,36 @@ def test_live_is_refused_for_a_profile_the_helper_does_not_serve(
             message="sized by env",
         )
         assert "volumes" not in deployment["spec"]["template"]["spec"]
+
+
+def test_a_restarted_operator_reads_the_allotments_back_and_writes_nothing(
+    kube: KubeCluster, budget_name: str, namespaces: Callable[[str], str], tmp_path: Path
+) -> None:
+    ns = namespaces("live-restart")
+    kube.apply(live_budget(budget_name, 60))
+    kube.apply(live_app("a", ns, budget_name, replicas=3), live_app("b", ns, budget_name, replicas=1))
+    with operator_on(kube, tmp_path, name="first") as first:
+        wait_for(
+            lambda: all(
+                len(f := allotments(kube, ns, n)) == r and all(f.values()) for n, r in (("a", 3), ("b", 1))
+            ),
+            timeout=60,
+            message=lambda: f"every pod allotted\n{first.log()}",
+        )
+        # The first allotments may be at the floor while the apps' first pods still terminate: let it finish.
+        wait_for(lambda: not any(p["metadata"].get("deletionTimestamp") for p in kube.list("pods", ns)),
+                 timeout=60, message="the first pods gone")  # fmt: skip
+        rounds = first.rounds(budget_name)
+        wait_for(lambda: first.rounds(budget_name) >= rounds + 2, timeout=30, message="two more rounds")
+        written = {n: allotments(kube, ns, n) for n in "ab"}
+    mark = kube.audit.mark()
+    with operator_on(kube, tmp_path, name="second") as second:
+        # Nothing is confirmed (no app runs): the second operator looks again every second, a definite signal.
+        wait_for(lambda: second.rounds(budget_name) >= 3, timeout=30, message="three rounds of the second")
+    assert {n: allotments(kube, ns, n) for n in "ab"} == written
+    writes = [
+        (w.verb, w.resource, w.name)
+        for w in kube.audit.writes(mark)
+        if w.namespace == ns and w.user_agent.startswith(("poolbudget", "kopf/"))
+    ]
+    assert writes == []
