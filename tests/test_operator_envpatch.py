@@ -182,3 +182,45 @@ def test_untouched_deployments_have_nothing_to_restore() -> None:
 def test_an_unreadable_record_is_treated_as_none() -> None:
     assert read_record({ORIGINAL_ENV: "{not json"}) == {}
     assert read_record({ORIGINAL_ENV: "[1, 2]"}) == {}
+
+
+LIVE_ENV: dict[str, dict[str, Any]] = {
+    "app": {
+        "DB_POOL_SIZE": "1",
+        "DB_MAX_OVERFLOW": "0",
+        "POOLBUDGET_ALLOTMENT_FILE": "/var/run/poolbudget/allotment",
+        "POD_UID": {"valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.uid"}}},
+    }
+}
+
+
+def test_live_adds_the_volume_mount_and_field_refs_and_restore_takes_all_of_it_back() -> None:
+    original = deployment(
+        [{"name": "DB_POOL_SIZE", "value": "20"}, {"name": "POD_UID", "value": "set-by-hand"}]
+    )
+    original["spec"]["template"]["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    live = patched(original, apply_patch(original, "main", LIVE_ENV, 2, NOW, live=True))
+    pod = live["spec"]["template"]["spec"]
+    app = pod["containers"][0]
+    assert [v["name"] for v in pod["volumes"]] == ["data", "poolbudget-allotment"]
+    assert app["volumeMounts"] == [
+        {"name": "poolbudget-allotment", "mountPath": "/var/run/poolbudget", "readOnly": True}
+    ]
+    assert "volumeMounts" not in pod["containers"][1]  # only the named containers
+    env = {e["name"]: e for e in app["env"]}
+    assert env["POD_UID"] == {"name": "POD_UID", **LIVE_ENV["app"]["POD_UID"]}  # a valueFrom over a value
+    assert live["spec"]["template"]["metadata"]["annotations"]["poolbudget.io/delivery"] == "live"
+    assert apply_patch(live, "main", LIVE_ENV, 2, NOW, live=True) is None  # idempotent
+
+    restored = patched(live, restore_patch(live))
+    assert restored["spec"]["template"] == original["spec"]["template"]
+
+    # Back to env delivery: the live parts go, the env stays poolbudget's.
+    env_only = {"app": {"DB_POOL_SIZE": "4", "DB_MAX_OVERFLOW": "2"}}
+    back = patched(live, apply_patch(live, "main", env_only, 12, NOW))
+    spec = back["spec"]["template"]["spec"]
+    assert [v["name"] for v in spec["volumes"]] == ["data"]
+    assert "volumeMounts" not in spec["containers"][0] or spec["containers"][0]["volumeMounts"] == []
+    names = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert names == {"DB_POOL_SIZE": "4", "POD_UID": "set-by-hand", "DB_MAX_OVERFLOW": "2"}
+    assert "poolbudget.io/delivery" not in back["spec"]["template"]["metadata"]["annotations"]

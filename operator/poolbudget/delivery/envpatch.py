@@ -228,21 +228,29 @@ def _named(items: Any, name: str) -> list[Mapping[str, Any]]:
     return [i for i in items or [] if isinstance(i, dict) and i.get("name") == name]
 
 
-def _volume_patch(deployment: Obj, live: bool) -> list[Patch]:
-    """The pod's volume list items: the allotment volume added (live) or deleted (not live, or restored)."""
-    present = _named(spec_of(template_of(deployment)).get("volumes"), ALLOTMENT_VOLUME)
+def _volume_patch(deployment: Obj, live: bool) -> list[Patch] | None:
+    """The pod's volume list items: the allotment volume added (live) or deleted (not live, or restored); None
+    when deleting it leaves no volume (the list goes, as it was before)."""
+    volumes = spec_of(template_of(deployment)).get("volumes") or []
+    present = _named(volumes, ALLOTMENT_VOLUME)
     wanted = allotment_volume()
     if live:
         return [] if present and dict(present[0]) == wanted else [wanted]
-    return [{"name": ALLOTMENT_VOLUME, "$patch": "delete"}] if present else []
+    if not present:
+        return []
+    return None if len(present) == len(volumes) else [{"name": ALLOTMENT_VOLUME, "$patch": "delete"}]
 
 
-def _mount_patch(container: Mapping[str, Any], live: bool) -> list[Patch]:
-    """A container's volumeMounts items (merge key mountPath): the allotment mount added or deleted."""
-    present = _named(container.get("volumeMounts"), ALLOTMENT_VOLUME)
+def _mount_patch(container: Mapping[str, Any], live: bool) -> list[Patch] | None:
+    """A container's volumeMounts items (merge key mountPath): the allotment mount added or deleted; None when
+    deleting it leaves no mount."""
+    mounts = container.get("volumeMounts") or []
+    present = _named(mounts, ALLOTMENT_VOLUME)
     wanted = {"name": ALLOTMENT_VOLUME, "mountPath": ALLOTMENT_MOUNT_PATH, "readOnly": True}
     if live:
         return [] if any(dict(m) == wanted for m in present) else [wanted]
+    if present and len(present) == len(mounts):
+        return None
     return [{"mountPath": m.get("mountPath"), "$patch": "delete"} for m in present]
 
 
@@ -253,7 +261,7 @@ def _with_mounts(
     by_name = {p["name"]: p for p in patches}
     for name, container in containers.items():
         mounts = _mount_patch(container, name in live)
-        if mounts:
+        if mounts != []:
             by_name.setdefault(name, {"name": name})["volumeMounts"] = mounts
     return [by_name[name] for name in containers if name in by_name]
 
@@ -319,10 +327,10 @@ def apply_patch(
     dumped = dump_record(record)
     if annotations.get(ORIGINAL_ENV) != dumped:
         meta_patch[ORIGINAL_ENV] = dumped
-    if not (container_patches or stamp_patch or meta_patch or volumes):
+    if not (container_patches or stamp_patch or meta_patch or volumes != []):
         return None
     template_patch: Patch = {}
-    if container_patches or stamp_patch or volumes:
+    if container_patches or stamp_patch or volumes != []:
         meta_patch[ROLLED_AT] = now  # the template changes: every pod restarts
     if stamp_patch:
         template_patch["metadata"] = {"annotations": stamp_patch}
@@ -330,11 +338,11 @@ def apply_patch(
     return _deployment_patch(deployment, meta_patch, template_patch)
 
 
-def _spec_patch(containers: list[Patch], volumes: list[Patch]) -> Patch:
+def _spec_patch(containers: list[Patch], volumes: list[Patch] | None) -> Patch:
     spec: Patch = {}
     if containers:
         spec["containers"] = containers
-    if volumes:
+    if volumes != []:
         spec["volumes"] = volumes
     return {"spec": spec} if spec else {}
 
