@@ -143,6 +143,7 @@ async def deliver(
     floor = budget.spec.delivery.floor_per_process
     if not lives:
         memory.live_written.clear()
+        ctx.metrics.record_live(budget.name, 0, {})
         return result
     by_key = {a.workload.key: a for a in outcome.plan.allocations}
     levels = {k: floor if d.leaving else by_key[k].per_process for k, d in lives.items()}
@@ -181,6 +182,7 @@ async def deliver(
             result.fell_back.append(key)
     memory.live_since = {k: v for k, v in memory.live_since.items() if k in lives}
     result.condition = _condition(lives, unconfirmed, pending, timeout)
+    ctx.metrics.record_live(budget.name, pending, {})
     return result
 
 
@@ -219,6 +221,7 @@ async def _write(
         shown = ", ".join(f"pool_size {s} max_overflow {o}" for s, o in sizes)
         message = f"{len(grants_of)} pods allotted {shown} per process, live, by PoolBudget {budget.name}"
         ctx.events.normal(raw[key], "Allotted", message)
+    ctx.metrics.record_live(budget.name, None, {k: len(v) for k, v in by_deployment.items()})
     return len(done)
 
 

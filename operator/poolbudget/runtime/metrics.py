@@ -110,6 +110,15 @@ class OperatorMetrics:
         self.deployment_restarts = Counter(
             "poolbudget_deployment_restarts", "pod-template changes poolbudget made", _DEPLOYMENT, registry=r
         )
+        self.live_unconfirmed = Gauge(
+            "poolbudget_live_unconfirmed_pods",
+            "live pods that have not confirmed the allotment written on them",
+            _BUDGET,
+            registry=r,
+        )
+        self.deployment_allotments = Counter(
+            "poolbudget_deployment_allotments", "live allotments written on its pods", _DEPLOYMENT, registry=r
+        )
         self._budget_metrics = (
             self.max_connections,
             self.available,
@@ -120,6 +129,7 @@ class OperatorMetrics:
             self.database_errors,
             self.prometheus_errors,
             self.reconcile_duration,
+            self.live_unconfirmed,
         )
         self._deployment_metrics = (
             self.deployment_allocated,
@@ -127,6 +137,7 @@ class OperatorMetrics:
             self.deployment_pool_size,
             self.deployment_max_overflow,
             self.deployment_restarts,
+            self.deployment_allotments,
         )
         self._published: dict[str, set[Key]] = {}
 
@@ -167,6 +178,13 @@ class OperatorMetrics:
     def record_restarts(self, budget: str, keys: Iterable[Key]) -> None:
         for ns, name in keys:
             self.deployment_restarts.labels(budget, ns, name).inc()
+
+    def record_live(self, budget: str, unconfirmed: int | None, allotted: Mapping[Key, int]) -> None:
+        """A round's live delivery: pods still to confirm, and the allotments written per Deployment."""
+        if unconfirmed is not None:
+            self.live_unconfirmed.labels(budget).set(unconfirmed)
+        for (ns, name), n in allotted.items():
+            self.deployment_allotments.labels(budget, ns, name).inc(n)
 
     def forget_deployments(self, budget: str, keys: Iterable[Key]) -> None:
         for ns, name in keys:
