@@ -370,6 +370,7 @@ class PoolBudgetStatus(Model):
     max_connections: int | None = None
     available: int | None = None
     allocated: int | None = None
+    live_held: int | None = None
     deployment_count: int | None = None
     ready: ConditionStatus | None = None
     limits_source: str | None = None

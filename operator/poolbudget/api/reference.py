@@ -76,7 +76,10 @@ ANNOTATIONS: dict[str, tuple[str, str]] = {
 STATUS_FIELDS: dict[str, str] = {
     "PoolBudgetStatus.maxConnections": "The database's max_connections (read, or `spec.database.maxConnections`).",
     "PoolBudgetStatus.available": "Connections the budget may hand out: the budget formula's result.",
-    "PoolBudgetStatus.allocated": "Connections the plan hands out at peak (pods incl. surge x processes x pool).",
+    "PoolBudgetStatus.allocated": "Connections the plan hands out at peak (pods incl. surge x processes x pool); "
+    "with live delivery, its running pods' allotments plus `liveHeld`.",
+    "PoolBudgetStatus.liveHeld": "Live delivery: the floor kept for pods still to come (HPA peak and surge), and "
+    "what pods taking no allotment hold (terminating, or started from an env template).",
     "PoolBudgetStatus.deploymentCount": "Opted-in Deployments drawing on this budget.",
     "PoolBudgetStatus.ready": "The `Ready` condition's status, for `kubectl get pb`.",
     "PoolBudgetStatus.limitsSource": "Where the limits came from (database, spec, last known).",

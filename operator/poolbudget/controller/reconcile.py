@@ -203,6 +203,7 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
         demand_detail=planned.demand_detail,
         held=planned.held,
         confirmed={k: d.confirmed_pods() for k, d in lives.items() if not d.leaving},
+        live_held=planned.live_held_outside,
     )
     writes += await write_status(ctx, memory, body, status)
     ctx.metrics.record_plan(name, plan, observed)

@@ -196,12 +196,14 @@ def build_status(
     demand_detail: Mapping[Key, str] | None = None,
     held: Mapping[Key, int] | None = None,
     confirmed: Mapping[Key, int] | None = None,
+    live_held: int = 0,
 ) -> PoolBudgetStatus:
     """The status after a round. Without a plan (invalid spec, no limits), the numbers are kept as they were.
 
     ``demand_detail`` explains each Deployment's demand (demand mode); ``held`` maps refused Deployments that
     still carry this budget's settings to the connections counted for them; ``confirmed``, per live
-    Deployment, its pods that applied their allotment.
+    Deployment, its pods that applied their allotment; ``live_held``, what live Deployments hold outside the
+    plan (counted in ``allocated``).
     """
     conditions = merge_conditions(previous.conditions, updates, now, generation)
     ready = condition_of(conditions, READY)
@@ -216,7 +218,8 @@ def build_status(
     return PoolBudgetStatus(
         max_connections=plan.availability.max_connections,
         available=plan.available,
-        allocated=plan.allocated,
+        allocated=plan.allocated + live_held,
+        live_held=live_held or None,
         deployment_count=len(plan.allocations),
         ready=ready.status if ready else None,
         limits_source=limits_source,
