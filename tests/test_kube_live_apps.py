@@ -216,3 +216,34 @@ def test_a_process_killed_mid_shrink_and_a_pod_that_never_confirms(
         assert after < before[pod_b]
     assert stand_in.refusals == []
     assert backends.peak <= room
+
+
+def test_an_app_without_the_helper_falls_back_to_env_and_nothing_breaks(
+    kube: KubeCluster, database: PostgresServer, budget_name: str, namespaces: Callable[[str], str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Its pods run real pools sized by the floor env and never tag a connection: it goes back to env once
+    (one rollout, an event), while a helper app beside it stays live."""
+    ns = namespaces("live-nohelper")
+    with (
+        Backends(database) as backends,
+        live_world(kube, database, ns, budget_name, tmp_path, confirmTimeoutSeconds=5) as (stand_in, op),
+    ):
+        kube.apply(
+            app("plain", ns, budget_name, "no-helper", replicas=1, workers=2),
+            app("alchemy", ns, budget_name, "sqlalchemy", replicas=1, workers=2),
+        )
+        wait_for(lambda: [e for e in kube.list("events", ns) if e.get("reason") == "LiveFallback"], timeout=90,
+                 message=lambda: f"plain fell back\n{op.log()}")  # fmt: skip
+
+        def plain_on_env() -> bool:
+            d = kube.get("deployment", "plain", ns) or {}
+            env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+            return "POOLBUDGET_ALLOTMENT_FILE" not in env and int(env.get("DB_POOL_SIZE") or 0) > 1
+
+        wait_for(plain_on_env, timeout=60, message=lambda: f"plain sized by env\n{op.log()}")
+        room = available(kube, budget_name)
+        alchemy = (kube.get("deployment", "alchemy", ns) or {})["spec"]["template"]["metadata"]["annotations"]
+        assert alchemy["poolbudget.io/delivery"] == "live"
+    assert stand_in.refusals == []
+    assert backends.peak <= room

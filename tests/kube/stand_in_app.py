@@ -87,6 +87,16 @@ class Applied(threading.Thread):
             time.sleep(0.05)
 
 
+def saturate(work: Any) -> None:
+    """Run ``work`` in every worker thread until SIGTERM, then let each finish its checkout."""
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(WORKERS)]
+    for t in threads:
+        t.start()
+    stopping.wait()
+    for t in threads:
+        t.join(HOLD + 3)
+
+
 def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
@@ -118,12 +128,7 @@ def run_sqlalchemy(url: str, follow: bool) -> None:
                     say("refused", sqlstate=REFUSED)
                 stopping.wait(0.1)
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(WORKERS)]
-    for t in threads:
-        t.start()
-    stopping.wait()
-    for t in threads:
-        t.join(HOLD + 3)
+    saturate(work)
     engine.dispose()
 
 
@@ -150,12 +155,7 @@ def run_psycopg_sync(url: str, follow: bool) -> None:
             except psycopg.OperationalError:
                 stopping.wait(0.1)
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(WORKERS)]
-    for t in threads:
-        t.start()
-    stopping.wait()
-    for t in threads:
-        t.join(HOLD + 3)
+    saturate(work)
     if follower is not None:
         follower.stop()
     pool.close()

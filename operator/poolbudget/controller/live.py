@@ -165,10 +165,15 @@ async def deliver(
     unconfirmed: list[str] = []
     pending = 0
     timeout = budget.spec.delivery.confirm_timeout_seconds
+    current = {(key, p.name) for key, d in lives.items() for p in d.following()}
+    memory.live_written = {k: v for k, v in memory.live_written.items() if k in current}
     for key, d in lives.items():
         if any(p.observed or p.confirmed is not None for p in d.pods):
             memory.live_seen.add(key)
         for pod in d.following():
+            if pod.allotment is not None:
+                # Written before this process started (a restart): its confirmation is timed from now.
+                memory.live_written.setdefault((key, pod.name), (pod.allotment.generation, now))
             if pod.allotment is None or (pod.confirmed or -1) < pod.allotment.generation:
                 result.pending = True
                 pending += 1
