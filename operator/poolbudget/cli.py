@@ -96,18 +96,11 @@ def plan_manifests(
             # the floor of every pod its HPA or surge may add is kept aside.
             running = {d.key: d.spec.replicas if d.spec.replicas is not None else 1 for d in drawing}
             outcome = plan(live_pods=running)
-            outcome = plan(live_pods=running, live_held=_live_reserve(budget, outcome))
+            outcome = plan(
+                live_pods=running, live_held=offline_reserve(budget.spec.delivery.floor_per_process, outcome)
+            )
         outcomes.append(outcome)
     return outcomes, orphans
-
-
-def _live_reserve(budget: PoolBudget, outcome: BudgetOutcome) -> int:
-    live = [
-        (m.peak_pods, m.workload.pods, m.workload.processes_per_pod * m.workload.pools_per_process)
-        for m in outcome.managed.values()
-        if m.live
-    ]
-    return offline_reserve(budget.spec.delivery.floor_per_process, live)
 
 
 def _budget_document(budget: PoolBudget, outcome: BudgetOutcome) -> dict[str, Any]:
@@ -148,7 +141,7 @@ def _budget_document(budget: PoolBudget, outcome: BudgetOutcome) -> dict[str, An
         "available": plan.available,
         "availableReason": plan.availability.reason,
         "allocated": plan.allocated,
-        "liveReserve": _live_reserve(budget, outcome),
+        "liveReserve": offline_reserve(budget.spec.delivery.floor_per_process, outcome),
         "feasible": plan.feasible,
         "shortfall": plan.shortfall,
         "deployments": deployments,

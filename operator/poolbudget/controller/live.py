@@ -28,7 +28,7 @@ from poolbudget.controller.status import ConditionUpdate
 from poolbudget.delivery.live import allotment_patch
 from poolbudget.observe.confirmations import PodTags, tags_by_pod
 from poolbudget.observe.footprint import pod_connections
-from poolbudget.observe.objects import annotations_of, template_of, version_of
+from poolbudget.observe.objects import annotations_of, key_of, template_of, version_of
 from poolbudget.planning.budget import BudgetOutcome
 from poolbudget.planning.live import Grant, GrantKind, LiveDeployment, LivePod, grant, pod_levels
 from poolbudget.planning.plan import split
@@ -44,14 +44,18 @@ def converted(deployment: Obj) -> bool:
     return annotations_of(template_of(deployment)).get(STAMP_DELIVERY) == "live"
 
 
-def live_pod_counts(view: View, candidates: Iterable[Deployment]) -> dict[Key, int]:
-    """Per Deployment, its pods that follow allotments (started from a live template, not terminating)."""
-    counts = {}
+def live_pods_of(view: View, candidates: Iterable[Deployment]) -> tuple[dict[Key, int], frozenset[str]]:
+    """Per Deployment, its pods that follow allotments (started from a live template, not terminating); and
+    the tag ids of every pod started from a live template (their tagged connections are not unmanaged)."""
+    counts: dict[Key, int] = {}
+    tag_ids: set[str] = set()
     for d in candidates:
-        n = sum(1 for p in view.pods_of(d.key) if p.live and not p.terminating)
+        live = [p for p in view.pods_of(d.key) if p.live]
+        tag_ids.update(pod_tag_id(p.uid) for p in live)
+        n = sum(1 for p in live if not p.terminating)
         if n:
             counts[d.key] = n
-    return counts
+    return counts, frozenset(tag_ids)
 
 
 async def read_tags(ctx: Context, memory: BudgetMemory) -> None:
@@ -66,8 +70,10 @@ async def read_tags(ctx: Context, memory: BudgetMemory) -> None:
     try:
         backends = await read_client_backends(memory.database_url, timeout=ctx.database_timeout)
     except DatabaseError as exc:
-        # Nothing confirmed, nothing observed: every pod counts at its ceiling until the next read.
-        logger.warning("PoolBudget %s: reading confirmations: %s", memory.name, exc)
+        # Nothing confirmed, nothing observed: every pod counts at its ceiling until the next read. Said once
+        # per outage (the reads go on every second; DatabaseReachable says the rest).
+        if memory.live_tags:
+            logger.warning("PoolBudget %s: reading confirmations: %s", memory.name, exc)
         memory.live_tags = {}
         return
     memory.live_tags = tags_by_pod(backends)
@@ -264,7 +270,7 @@ async def _fall_back(
         f"no pod confirmed a live allotment within {waited} s (the app does not use poolbudget_client, or "
         f"cannot reach the database): delivered by env; remove this annotation to try live again"
     )
-    ns, name = key = (str(deployment["metadata"]["namespace"]), str(deployment["metadata"]["name"]))
+    ns, name = key = key_of(deployment)
     patch = {"metadata": {"annotations": {LIVE_FALLBACK: reason}, "resourceVersion": version_of(deployment)}}
     try:
         after = await ctx.cluster.patch_deployment(ns, name, patch)

@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from poolbudget.api.allotment import pod_tag_id
 from poolbudget.api.conditions import ALLOTMENTS_CONFIRMED, INVALID, READY, Reason
 from poolbudget.api.limits import DatabaseLimits
 from poolbudget.api.manifests import format_validation_error
@@ -27,7 +26,7 @@ from poolbudget.api.objects import Key, Obj
 from poolbudget.api.workloads import Deployment, HorizontalPodAutoscaler, budget_of
 from poolbudget.controller.apply import Applied, Change, apply_changes, release_deployments, touches_template
 from poolbudget.controller.inputs import read_demand, read_limits
-from poolbudget.controller.live import PENDING_EVERY, deliver, live_deployments, live_pod_counts, read_tags
+from poolbudget.controller.live import PENDING_EVERY, deliver, live_deployments, live_pods_of, read_tags
 from poolbudget.controller.report import warn_delivery, warn_refusals, warn_transitions, write_status
 from poolbudget.controller.state import BudgetMemory, Context, RoundResult, View, latest, sooner
 from poolbudget.controller.status import (
@@ -104,10 +103,7 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
     spec = budget.spec
 
     deployments = _observe(memory, name, view)
-    live_pods = live_pod_counts(view, deployments.candidates)
-    live_tag_ids = frozenset(
-        pod_tag_id(p.uid) for d in deployments.candidates for p in view.pods_of(d.key) if p.live
-    )
+    live_pods, live_tag_ids = live_pods_of(view, deployments.candidates)
     limits_view = await read_limits(ctx, memory, budget, deployments.application_names, live_tag_ids)
 
     released = await release_deployments(ctx, memory, budget, body, deployments.to_release)
@@ -207,8 +203,9 @@ async def _round(ctx: Context, memory: BudgetMemory, body: Obj, view: View) -> R
     )
     writes += await write_status(ctx, memory, body, status)
     ctx.metrics.record_plan(name, plan, observed)
+    # Pod news matters while growth waits for pods to go, and to every live Deployment (each pod is allotted).
     memory.awaiting_rollouts = (
-        bool(live_pods or lives)
+        bool(lives)
         or any(m.live for m in planned.outcome.managed.values())
         or any(wait in (Wait.SHRINKS_IN_FLIGHT, Wait.NO_ROOM) for wait in waits.values())
     )

@@ -20,6 +20,7 @@ from enum import StrEnum
 
 from poolbudget.api.allotment import PodAllotment
 from poolbudget.api.objects import Key
+from poolbudget.planning.budget import BudgetOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,18 @@ class Granted:
 Split = Callable[[Key, int], tuple[int, int]]  # (deployment, per-pool level) -> (pool_size, max_overflow)
 
 
+def _base_level(pod: LivePod, d: LiveDeployment) -> int:
+    """The per-pool level the pod may hold now: by its allotment, else by its floor."""
+    level = committed_level(pod)
+    return level if level is not None else pod.floor_cost // max(1, d.pools_per_pod)
+
+
+def _kind(pod: LivePod, change: GrantKind) -> GrantKind:
+    if pod.allotment is None:
+        return GrantKind.FIRST
+    return change if pod.intact else GrantKind.REWRITE
+
+
 def grant(
     deployments: Iterable[LiveDeployment],
     targets: Mapping[tuple[Key, str], int],
@@ -161,58 +174,47 @@ def grant(
     in a stable order, each as far as the room goes. ``last_generation``: what the operator wrote last per pod
     (a new generation is above it and above the pod's own)."""
     last_generation = last_generation or {}
-    shrinks: list[Grant] = []
-    grows: list[tuple[LiveDeployment, LivePod, int, int]] = []
+    out: list[Grant] = []
+    grows: list[tuple[LiveDeployment, LivePod, int, int, int]] = []
     for d in sorted(deployments, key=lambda d: d.key):
         for pod in sorted(d.following(), key=lambda p: p.name):
             target = targets.get((d.key, pod.name))
-            if target is None:
-                continue
             a = pod.allotment
-            level = committed_level(pod)
-            base = level if level is not None else pod.floor_cost // max(1, d.pools_per_pod)
-            generation = max(a.generation if a else 0, last_generation.get((d.key, pod.name), 0)) + 1
-            if a is not None and pod.intact and a.total == target:
+            if target is None or (a is not None and pod.intact and a.total == target):
                 continue
+            base = _base_level(pod, d)
+            generation = max(a.generation if a else 0, last_generation.get((d.key, pod.name), 0)) + 1
             if target <= base:
-                kind = GrantKind.FIRST if a is None else GrantKind.SHRINK if pod.intact else GrantKind.REWRITE
                 size, overflow = split(d.key, target)
-                shrinks.append(
-                    Grant(
-                        d.key,
-                        pod.name,
-                        PodAllotment(generation, size, overflow, max(base, target), budget),
-                        kind,
-                    )
-                )
+                allotment = PodAllotment(generation, size, overflow, base, budget)
+                out.append(Grant(d.key, pod.name, allotment, _kind(pod, GrantKind.SHRINK)))
             else:
-                grows.append((d, pod, target, generation))
-    out = list(shrinks)
+                grows.append((d, pod, target, generation, base))
     waiting: list[tuple[Key, str]] = []
-    for d, pod, target, generation in grows:
-        before = commitment(pod, d.pools_per_pod)
-        a = pod.allotment
-        level = committed_level(pod)
-        base = level if level is not None else pod.floor_cost // max(1, d.pools_per_pod)
-        affordable = base + max(0, room - max(0, d.pools_per_pod * base - before)) // d.pools_per_pod
-        new_level = min(target, affordable) if allow_growth else base
-        if new_level <= base and a is not None and pod.intact:
+    for d, pod, target, generation, base in grows:
+        new_level = min(target, base + max(0, room) // d.pools_per_pod) if allow_growth else base
+        if new_level <= base and pod.allotment is not None and pod.intact:
             waiting.append((d.key, pod.name))
             continue
         new_level = max(1, new_level)
         size, overflow = split(d.key, new_level)
         allotment = PodAllotment(generation, size, overflow, max(base, new_level), budget)
-        after = max(pod.observed, pod.floor_cost, d.pools_per_pod * allotment.ceiling)
-        room -= max(0, after - before)
-        kind = GrantKind.FIRST if a is None else GrantKind.GROW if pod.intact else GrantKind.REWRITE
-        out.append(Grant(d.key, pod.name, allotment, kind, partial=new_level < target))
+        before = commitment(pod, d.pools_per_pod)
+        room -= max(0, max(pod.observed, pod.floor_cost, d.pools_per_pod * allotment.ceiling) - before)
+        out.append(Grant(d.key, pod.name, allotment, _kind(pod, GrantKind.GROW), partial=new_level < target))
         if new_level < target:
             waiting.append((d.key, pod.name))
     return Granted(tuple(out), tuple(waiting), room)
 
 
-def offline_reserve(floor: int, outcome: Iterable[tuple[int, int, int]]) -> int:
+def offline_reserve(floor: int, outcome: BudgetOutcome) -> int:
     """What a live plan keeps aside offline (``poolbudget plan --delivery live``), where every replica is taken as
-    a running pod: the floor of each pod its peak may add. ``outcome``: (peak pods, running pods, pools per pod)
-    of each live Deployment."""
-    return sum(max(0, peak - running) * pools * floor for peak, running, pools in outcome)
+    a running pod: the floor of each pod a live Deployment's peak may add."""
+    return sum(
+        max(0, m.peak_pods - m.workload.pods)
+        * m.workload.processes_per_pod
+        * m.workload.pools_per_process
+        * floor
+        for m in outcome.managed.values()
+        if m.live
+    )
