@@ -14,6 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,11 @@ class Backends(threading.Thread):
                 self.peak = max(self.peak, int(n))
                 self.samples += 1
 
+    def since_now(self) -> None:
+        """Forget the peak so far: before the operator sized the first pods, they ran the apps' own defaults
+        (SQLAlchemy's 5 + 10 per process), which nothing but the operator's first rollout bounds."""
+        self.peak = 0
+
     def __enter__(self) -> Backends:
         self.start()
         return self
@@ -85,10 +91,49 @@ class Backends(threading.Thread):
         self.join(5)
 
 
+@dataclass
+class World:
+    """One test's budget, the stand-in running its pods, the operator, and the backends sampled."""
+
+    kube: KubeCluster
+    budget: str
+    stand_in: PodProcessStandIn
+    operator: Any
+    backends: Backends
+
+    def status(self) -> dict[str, Any]:
+        return dict((self.kube.get("poolbudget", self.budget) or {}).get("status") or {})
+
+    def available(self) -> int:
+        return int(self.status().get("available") or 0)
+
+    def allotted(self) -> int:
+        """What the running processes' pools may open now, plus the floor the operator keeps for pods to come."""
+        return sum(total for _, total in self.stand_in.limits()) + int(self.status().get("liveHeld") or 0)
+
+    def confirmed(self, pods: int) -> bool:
+        """``pods`` pods run, and every one of them confirmed its allotment."""
+        allocations = self.status().get("allocations") or []
+        return (
+            sum(a.get("confirmedPods") or 0 for a in allocations) == pods
+            and len(self.stand_in.pods()) == pods
+            and self.condition()["status"] == "True"
+        )
+
+    def condition(self) -> dict[str, Any]:
+        return condition(self.kube, self.budget, "AllotmentsConfirmed") or {"status": None}
+
+    def settle(self, pods: int, at_least: float = 0, timeout: float = 60) -> None:
+        """Wait until ``pods`` pods confirmed and at least ``at_least`` connections are allotted."""
+        wait_for(lambda: self.confirmed(pods) and self.allotted() >= at_least, timeout=timeout,
+                 message=lambda: f"{pods} pods confirmed, {self.allotted()} >= {at_least} allotted: "
+                 f"{list(self.stand_in.limits())}, {self.condition()}\n{self.operator.log()}")  # fmt: skip
+
+
 @contextlib.contextmanager
 def live_world(
     kube: KubeCluster, database: PostgresServer, ns: str, budget: str, tmp_path: Path, **delivery: Any
-) -> Iterator[tuple[PodProcessStandIn, Any]]:
+) -> Iterator[World]:
     """The budget (live, reading the real database), the stand-in for the namespace's pods, the operator."""
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": budget, "namespace": ns},
               "data": {"url": base64.b64encode(database.url().encode()).decode()}}  # fmt: skip
@@ -102,30 +147,11 @@ def live_world(
     kube.apply(secret, budget_manifest(budget, **spec))
     url = database.url(user=APP_USER, password=APP_PASSWORD)
     with (
+        Backends(database) as backends,
         PodProcessStandIn(kube.kubeconfig, ns, url, tmp_path / "pods") as stand_in,
         operator_on(kube, tmp_path) as operator,
     ):
-        yield stand_in, operator
-
-
-def available(kube: KubeCluster, budget: str) -> int:
-    return int(((kube.get("poolbudget", budget) or {}).get("status") or {}).get("available") or 0)
-
-
-def allotted(kube: KubeCluster, budget: str, stand_in: PodProcessStandIn) -> int:
-    """What the running processes' pools may open now, plus the floor the operator keeps for pods to come."""
-    status = (kube.get("poolbudget", budget) or {}).get("status") or {}
-    return sum(total for _, total in stand_in.limits()) + int(status.get("liveHeld") or 0)
-
-
-def all_confirmed(kube: KubeCluster, budget: str, stand_in: PodProcessStandIn, pods: int) -> bool:
-    status = (kube.get("poolbudget", budget) or {}).get("status") or {}
-    confirmed = sum(a.get("confirmedPods") or 0 for a in status.get("allocations") or [])
-    return (
-        confirmed == pods
-        and len(stand_in.pods()) == pods
-        and condition(kube, budget, "AllotmentsConfirmed").get("status") == "True"
-    )
+        yield World(kube, budget, stand_in, operator, backends)
 
 
 def test_live_pools_follow_scale_events_with_no_restart_and_no_refusal(
@@ -133,44 +159,34 @@ def test_live_pools_follow_scale_events_with_no_restart_and_no_refusal(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     ns = namespaces("live-apps")
-    with (
-        Backends(database) as backends,
-        live_world(kube, database, ns, budget_name, tmp_path) as (stand_in, op),
-    ):
+    with live_world(kube, database, ns, budget_name, tmp_path) as world:
         kube.apply(
             app("alchemy", ns, budget_name, "sqlalchemy", replicas=2, workers=2),
             app("sync", ns, budget_name, "psycopg-sync", replicas=1, workers=2),
             app("async", ns, budget_name, "psycopg-async", replicas=1),
         )
-        wait_for(lambda: all_confirmed(kube, budget_name, stand_in, 4), timeout=120,
-                 message=lambda: f"every pod confirmed\n{op.log()}")  # fmt: skip
-        starts = dict(stand_in.process_starts)
-        room = available(kube, budget_name)
-        used = allotted(kube, budget_name, stand_in)
-        assert 0.98 * room <= used <= room
+        world.settle(4, timeout=120)
+        world.backends.since_now()
+        starts = dict(world.stand_in.process_starts)
+        room = world.available()
+        assert 0.98 * room <= world.allotted() <= room
 
         # Scale up: every pool of the old pods shrinks, the new ones grow once that is confirmed.
         event = time.monotonic()
         kube.kubectl("scale", "deployment/alchemy", "-n", ns, "--replicas=4")
-        wait_for(lambda: all_confirmed(kube, budget_name, stand_in, 6)
-                 and allotted(kube, budget_name, stand_in) >= 0.98 * room, timeout=60,
-                 message=lambda: f"scaled up, {allotted(kube, budget_name, stand_in)} of {room}\n{op.log()}")  # fmt: skip
+        world.settle(6, at_least=0.98 * room)
         settled_in = time.monotonic() - event
-        assert allotted(kube, budget_name, stand_in) <= room
+        assert world.allotted() <= room
 
         # Scale down: the room the gone pods held goes back to the others, without a restart.
         kube.kubectl("scale", "deployment/alchemy", "-n", ns, "--replicas=1")
-        wait_for(lambda: all_confirmed(kube, budget_name, stand_in, 3), timeout=60,
-                 message=lambda: f"scaled down and confirmed\n{op.log()}")  # fmt: skip
-        wait_for(lambda: allotted(kube, budget_name, stand_in) >= 0.98 * room, timeout=30,
-                 message=lambda: f"room given back: {allotted(kube, budget_name, stand_in)} of {room}")  # fmt: skip
-        restarted = {p: n for p, n in stand_in.process_starts.items() if p in starts and n != starts[p]}
+        world.settle(3, at_least=0.98 * room)
+        restarted = {p: n for p, n in world.stand_in.process_starts.items() if p in starts and n != starts[p]}
         assert restarted == {}, "no process was restarted by the operator"
-    print(
-        f"\nlive: scale-up settled and confirmed in {settled_in:.1f} s; peak {backends.peak} backends of {room}"
-    )
-    assert stand_in.refusals == []
-    assert backends.peak <= room
+    peak = world.backends.peak
+    print(f"\nlive: scale-up settled and confirmed in {settled_in:.1f} s; peak {peak} backends of {room}")
+    assert world.stand_in.refusals == []
+    assert peak <= room
 
 
 def test_a_process_killed_mid_shrink_and_a_pod_that_never_confirms(
@@ -178,44 +194,37 @@ def test_a_process_killed_mid_shrink_and_a_pod_that_never_confirms(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     ns = namespaces("live-faults")
-    with (
-        Backends(database) as backends,
-        live_world(kube, database, ns, budget_name, tmp_path, confirmTimeoutSeconds=5) as (stand_in, op),
-    ):
+    with live_world(kube, database, ns, budget_name, tmp_path, confirmTimeoutSeconds=5) as world:
+        stand_in = world.stand_in
         kube.apply(
             app("a", ns, budget_name, "sqlalchemy", replicas=1, workers=2),
             app("b", ns, budget_name, "psycopg-sync", replicas=1, workers=2),
         )
-        room = available(kube, budget_name)
-        # Pods of 2 processes grow in steps of 2: one connection may stay unused.
-        wait_for(lambda: all_confirmed(kube, budget_name, stand_in, 2)
-                 and allotted(kube, budget_name, stand_in) >= room - 1, timeout=120,
-                 message=lambda: f"confirmed: {allotted(kube, budget_name, stand_in)} of {room}, "
-                 f"{list(stand_in.limits())}, {condition(kube, budget_name, 'AllotmentsConfirmed')}")  # fmt: skip
+        room = world.available()
+        world.settle(2, at_least=room - 1, timeout=120)  # pods of 2 processes grow in steps of 2
+        world.backends.since_now()
         (pod_a,) = [p for p in stand_in.pods() if p.startswith("a-")]
         (pod_b,) = [p for p in stand_in.pods() if p.startswith("b-")]
-        before = {p: sum(t for q, t in stand_in.limits() if q == p) for p in (pod_a, pod_b)}
+        before = sum(t for q, t in stand_in.limits() if q == pod_b)
 
         # b never confirms its shrink (frozen: it holds its connections, applies nothing); a worker of a is
         # killed as the shrink reaches it, and a new one starts in its place.
         stand_in.freeze(pod_b)
         kube.kubectl("scale", "deployment/a", "-n", ns, "--replicas=2")
         stand_in.kill_process(pod_a, 0)
-        wait_for(lambda: condition(kube, budget_name, "AllotmentsConfirmed").get("reason") == "Unconfirmed",
-                 timeout=60, message=lambda: f"b reported\n{op.log()}")  # fmt: skip
-        assert pod_b in condition(kube, budget_name, "AllotmentsConfirmed")["message"]
+        wait_for(lambda: world.condition().get("reason") == "Unconfirmed", timeout=60,
+                 message=lambda: f"b reported\n{world.operator.log()}")  # fmt: skip
+        assert pod_b in world.condition()["message"]
         events = [e for e in kube.list("events", ns) if e.get("reason") == "NotConfirmed"]
         assert any(pod_b in e["message"] for e in events)
         # Counted at its old size meanwhile: the new pod of a has not grown into b's room.
-        assert backends.peak <= room
+        assert world.backends.peak <= room
 
         stand_in.freeze(pod_b, frozen=False)
-        wait_for(lambda: all_confirmed(kube, budget_name, stand_in, 3), timeout=60,
-                 message=lambda: f"all confirmed once b applies\n{op.log()}")  # fmt: skip
-        after = sum(t for q, t in stand_in.limits() if q == pod_b)
-        assert after < before[pod_b]
+        world.settle(3)
+        assert sum(t for q, t in stand_in.limits() if q == pod_b) < before
     assert stand_in.refusals == []
-    assert backends.peak <= room
+    assert world.backends.peak <= room
 
 
 def test_an_app_without_the_helper_falls_back_to_env_and_nothing_breaks(
@@ -225,25 +234,23 @@ def test_an_app_without_the_helper_falls_back_to_env_and_nothing_breaks(
     """Its pods run real pools sized by the floor env and never tag a connection: it goes back to env once
     (one rollout, an event), while a helper app beside it stays live."""
     ns = namespaces("live-nohelper")
-    with (
-        Backends(database) as backends,
-        live_world(kube, database, ns, budget_name, tmp_path, confirmTimeoutSeconds=5) as (stand_in, op),
-    ):
+    with live_world(kube, database, ns, budget_name, tmp_path, confirmTimeoutSeconds=5) as world:
         kube.apply(
             app("plain", ns, budget_name, "no-helper", replicas=1, workers=2),
             app("alchemy", ns, budget_name, "sqlalchemy", replicas=1, workers=2),
         )
         wait_for(lambda: [e for e in kube.list("events", ns) if e.get("reason") == "LiveFallback"], timeout=90,
-                 message=lambda: f"plain fell back\n{op.log()}")  # fmt: skip
+                 message=lambda: f"plain fell back\n{world.operator.log()}")  # fmt: skip
+        world.backends.since_now()  # from here on, every pod was started from a template the operator wrote
 
         def plain_on_env() -> bool:
             d = kube.get("deployment", "plain", ns) or {}
             env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
             return "POOLBUDGET_ALLOTMENT_FILE" not in env and int(env.get("DB_POOL_SIZE") or 0) > 1
 
-        wait_for(plain_on_env, timeout=60, message=lambda: f"plain sized by env\n{op.log()}")
-        room = available(kube, budget_name)
+        wait_for(plain_on_env, timeout=60, message=lambda: f"plain sized by env\n{world.operator.log()}")
+        room = world.available()
         alchemy = (kube.get("deployment", "alchemy", ns) or {})["spec"]["template"]["metadata"]["annotations"]
         assert alchemy["poolbudget.io/delivery"] == "live"
-    assert stand_in.refusals == []
-    assert backends.peak <= room
+    assert world.stand_in.refusals == []
+    assert world.backends.peak <= room
