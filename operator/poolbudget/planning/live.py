@@ -142,7 +142,6 @@ class Grant:
 class Granted:
     grants: tuple[Grant, ...]
     waiting: tuple[tuple[Key, str], ...]  # pods whose grow waits for room
-    room_left: int
 
 
 Split = Callable[[Key, int], tuple[int, int]]  # (deployment, per-pool level) -> (pool_size, max_overflow)
@@ -204,7 +203,7 @@ def grant(
         out.append(Grant(d.key, pod.name, allotment, _kind(pod, GrantKind.GROW), partial=new_level < target))
         if new_level < target:
             waiting.append((d.key, pod.name))
-    return Granted(tuple(out), tuple(waiting), room)
+    return Granted(tuple(out), tuple(waiting))
 
 
 def offline_reserve(floor: int, outcome: BudgetOutcome) -> int:
